@@ -1,0 +1,356 @@
+//! Value types parsed once at the boundary, so that invalid values cannot exist inside.
+
+use std::fmt;
+
+use chrono::{Months, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+/// Why a value was refused. The message names the rule that was broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn invalid(msg: impl Into<String>) -> InvalidValue {
+    InvalidValue(msg.into())
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(|c| c.is_control() || is_bidi_control(c))
+}
+
+/// Unicode bidirectional formatting characters, refused in names and emails because they make
+/// the displayed text differ from the stored text.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// An email address: trimmed, at most 254 characters, one `@` with a non-empty local part and a
+/// dotted domain. Compared case-insensitively through [`Email::key`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    /// Parses an email as given by a caller.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        if s.chars().count() > 254 {
+            return Err(invalid("must be at most 254 characters"));
+        }
+        if has_control(s) || s.chars().any(char::is_whitespace) {
+            return Err(invalid("must not contain spaces or control characters"));
+        }
+        let (local, domain) = s.rsplit_once('@').ok_or_else(|| invalid("must contain `@`"))?;
+        if local.is_empty() || local.contains('@') || local.chars().count() > 64 {
+            return Err(invalid("must have one `@` after a local part of 1 to 64 characters"));
+        }
+        if !is_domain_like(domain) {
+            return Err(invalid("must have a domain such as `example.com` after `@`"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The address as given (trimmed).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The comparison key: the address in lower case.
+    pub fn key(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn is_domain_like(domain: &str) -> bool {
+    let labels: Vec<&str> = domain.split('.').collect();
+    labels.len() >= 2
+        && domain.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
+}
+
+/// A human-readable name (an account name or a user's display name): trimmed, 1 to 200
+/// characters, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Name(String);
+
+impl Name {
+    /// Parses a name as given by a caller.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        if s.chars().count() > 200 {
+            return Err(invalid("must be at most 200 characters"));
+        }
+        if has_control(s) {
+            return Err(invalid("must not contain control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A fully qualified domain name in lower case, such as `abc.co.tz` or `ns1.example.net`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DomainName(String);
+
+impl DomainName {
+    /// Parses a domain name: ASCII letters, digits and hyphens in dot-separated labels.
+    ///
+    /// Internationalised names are accepted in their ASCII (`xn--`) form.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+        if s.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        if !s.is_ascii() {
+            return Err(invalid("must be ASCII; write internationalised names as `xn--` labels"));
+        }
+        if !is_domain_like(&s) {
+            return Err(invalid("must be labels of letters, digits and hyphens joined by dots"));
+        }
+        Ok(Self(s))
+    }
+
+    /// The name in lower case.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this name is registered under `tld` (for example `.co.tz`).
+    pub fn is_under(&self, tld: &Tld) -> bool {
+        let suffix = tld.as_str();
+        self.0.len() > suffix.len() && self.0.ends_with(suffix) && {
+            let head = &self.0[..self.0.len() - suffix.len()];
+            !head.contains('.')
+        }
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A top-level domain with its leading dot, such as `.co.tz` or `.com`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Tld(String);
+
+impl Tld {
+    /// Parses a TLD; the leading dot is optional on input.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim().trim_start_matches('.').to_ascii_lowercase();
+        if s.is_empty()
+            || !s.is_ascii()
+            || s.split('.').any(|l| l.is_empty() || !l.chars().all(|c| c.is_alphanumeric() || c == '-'))
+        {
+            return Err(invalid("must be a suffix such as `.co.tz`"));
+        }
+        Ok(Self(format!(".{s}")))
+    }
+
+    /// The TLD with its leading dot.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An ISO 4217 currency code such as `TZS` or `USD`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Currency(String);
+
+impl Currency {
+    /// Parses a three-letter upper-case code.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let s = raw.trim();
+        if s.len() != 3 || !s.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(invalid("must be three upper-case letters such as `TZS`"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An amount in a currency's minor unit (cents), never negative.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Money {
+    /// The amount in minor units.
+    pub amount_minor: i64,
+    /// The currency.
+    pub currency: Currency,
+}
+
+impl Money {
+    /// A non-negative amount in `currency`.
+    pub fn new(amount_minor: i64, currency: Currency) -> Result<Self, InvalidValue> {
+        if amount_minor < 0 {
+            return Err(invalid("must not be negative"));
+        }
+        Ok(Self { amount_minor, currency })
+    }
+}
+
+/// How often a service is billed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BillingCycle {
+    /// One month.
+    Monthly,
+    /// Three months.
+    Quarterly,
+    /// Six months.
+    SemiAnnually,
+    /// One year.
+    Annually,
+    /// Two years.
+    Biennially,
+    /// Three years.
+    Triennially,
+}
+
+impl BillingCycle {
+    /// Every cycle, shortest first.
+    pub const ALL: [BillingCycle; 6] = [
+        BillingCycle::Monthly,
+        BillingCycle::Quarterly,
+        BillingCycle::SemiAnnually,
+        BillingCycle::Annually,
+        BillingCycle::Biennially,
+        BillingCycle::Triennially,
+    ];
+
+    /// The cycle's length in months.
+    pub fn months(self) -> u32 {
+        match self {
+            BillingCycle::Monthly => 1,
+            BillingCycle::Quarterly => 3,
+            BillingCycle::SemiAnnually => 6,
+            BillingCycle::Annually => 12,
+            BillingCycle::Biennially => 24,
+            BillingCycle::Triennially => 36,
+        }
+    }
+
+    /// Whether the cycle is a whole number of years (the only cycles domains take).
+    pub fn is_yearly(self) -> bool {
+        self.months() % 12 == 0
+    }
+
+    /// The date one cycle after `from`, clamped to the month's last day (31 January + 1 month
+    /// is 28 or 29 February).
+    pub fn advance(self, from: NaiveDate) -> NaiveDate {
+        from.checked_add_months(Months::new(self.months())).unwrap_or(NaiveDate::MAX)
+    }
+
+    /// The cycle's name as used in the log and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingCycle::Monthly => "MONTHLY",
+            BillingCycle::Quarterly => "QUARTERLY",
+            BillingCycle::SemiAnnually => "SEMI_ANNUALLY",
+            BillingCycle::Annually => "ANNUALLY",
+            BillingCycle::Biennially => "BIENNIALLY",
+            BillingCycle::Triennially => "TRIENNIALLY",
+        }
+    }
+}
+
+/// What a catalogue product is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ProductKind {
+    /// A hosting plan.
+    Hosting,
+    /// A domain registration under one TLD.
+    Domain,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_and_keyed_in_lower_case() {
+        let e = Email::parse("  Designer@YourCompany.com ").unwrap();
+        assert_eq!(e.as_str(), "Designer@YourCompany.com");
+        assert_eq!(e.key(), "designer@yourcompany.com");
+    }
+
+    #[test]
+    fn malformed_emails_are_rejected() {
+        for bad in ["", "   ", "no-at-sign", "@abc.co.tz", "a@b", "a b@abc.co.tz", "a@@abc.co.tz", "a@abc..tz", "x\u{202E}@abc.co.tz"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn internationalised_email_domains_are_accepted_as_given() {
+        assert_eq!(Email::parse("info@bücher.de").unwrap().as_str(), "info@bücher.de");
+    }
+
+    #[test]
+    fn names_refuse_control_characters_but_keep_quotes() {
+        assert!(Name::parse("ABC\u{0007}").is_err());
+        assert_eq!(Name::parse(" O'Brien \"Ltd\"; DROP TABLE x; ").unwrap().as_str(), "O'Brien \"Ltd\"; DROP TABLE x;");
+    }
+
+    #[test]
+    fn domains_match_only_their_own_tld() {
+        let tld = Tld::parse("co.tz").unwrap();
+        assert_eq!(tld.as_str(), ".co.tz");
+        assert!(DomainName::parse("StarLogistics.co.tz").unwrap().is_under(&tld));
+        assert!(!DomainName::parse("starlogistics.com").unwrap().is_under(&tld));
+        assert!(!DomainName::parse("www.starlogistics.co.tz").unwrap().is_under(&tld));
+        assert!(!DomainName::parse("xco.tz").unwrap().is_under(&tld));
+    }
+
+    #[test]
+    fn cycles_advance_by_calendar_months_clamped_to_month_end() {
+        let d = NaiveDate::from_ymd_opt(2026, 1, 31).unwrap();
+        assert_eq!(BillingCycle::Monthly.advance(d), NaiveDate::from_ymd_opt(2026, 2, 28).unwrap());
+        assert_eq!(BillingCycle::Triennially.advance(d), NaiveDate::from_ymd_opt(2029, 1, 31).unwrap());
+        assert!(BillingCycle::Biennially.is_yearly());
+        assert!(!BillingCycle::SemiAnnually.is_yearly());
+    }
+}
