@@ -173,6 +173,19 @@ pub trait RequestLog: Send + Sync {
 }
 
 /// A complete event store backend.
-pub trait EventStore: EventReader + EventAppender + RequestLog + std::fmt::Debug {}
+pub trait EventStore:
+    EventReader + EventAppender + RequestLog + ReservationLookup + std::fmt::Debug
+{
+}
 
-impl<T: EventReader + EventAppender + RequestLog + std::fmt::Debug> EventStore for T {}
+impl<T> EventStore for T where
+    T: EventReader + EventAppender + RequestLog + ReservationLookup + std::fmt::Debug
+{
+}
+
+/// Looks up who holds a unique key.
+#[async_trait::async_trait]
+pub trait ReservationLookup: Send + Sync {
+    /// The stream that holds `(scope, key)`, if any.
+    async fn find_reservation(&self, scope: &str, key: &str) -> StoreResult<Option<String>>;
+}
