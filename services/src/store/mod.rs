@@ -27,6 +27,32 @@ pub struct NewEvent {
     pub payload: serde_json::Value,
     /// Who and for whom.
     pub metadata: Metadata,
+    /// Id of the key that encrypts the payload's personal fields; `None` while they are plain.
+    /// Stored and read back unchanged.
+    pub key_id: Option<String>,
+    /// Tamper-evidence hash of the event, when the caller computed one. Stored and read back
+    /// unchanged; the store does not verify it.
+    pub hash: Option<String>,
+}
+
+impl NewEvent {
+    /// An event with a fresh time-ordered id, plain personal fields and no hash.
+    pub fn new(
+        event_type: impl Into<String>,
+        event_version: impl Into<String>,
+        payload: serde_json::Value,
+        metadata: Metadata,
+    ) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            event_version: event_version.into(),
+            payload,
+            metadata,
+            key_id: None,
+            hash: None,
+        }
+    }
 }
 
 /// A unique key claimed by an append, such as a registered email.
@@ -139,6 +165,23 @@ impl StoreError {
     }
 }
 
+/// Rejects a batch that no backend may write.
+///
+/// An empty batch is refused rather than ignored: it would claim reservations and a request id
+/// without leaving an event, so nothing in the log would explain them.
+pub(crate) fn check_batch(batch: &AppendBatch) -> StoreResult<()> {
+    if batch.events.is_empty() {
+        return Err(StoreError::Backend(
+            format!(
+                "an append to stream {} needs at least one event",
+                batch.stream_id
+            )
+            .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Result alias of the store.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -146,7 +189,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[async_trait::async_trait]
 pub trait EventReader: Send + Sync {
     /// The events of one stream with a version greater than `after_version`, in version order.
-    async fn read_stream(&self, stream_id: &str, after_version: u64) -> StoreResult<Vec<StoredEvent>>;
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        after_version: u64,
+    ) -> StoreResult<Vec<StoredEvent>>;
 
     /// Up to `limit` events with a position greater than `after_position`, in position order.
     async fn read_all(&self, after_position: u64, limit: usize) -> StoreResult<Vec<StoredEvent>>;
@@ -169,7 +216,11 @@ pub trait EventAppender: Send + Sync {
 #[async_trait::async_trait]
 pub trait RequestLog: Send + Sync {
     /// The outcome stored for `(actor, request_id)`, if any.
-    async fn find_request(&self, actor: &str, request_id: &str) -> StoreResult<Option<RequestOutcome>>;
+    async fn find_request(
+        &self,
+        actor: &str,
+        request_id: &str,
+    ) -> StoreResult<Option<RequestOutcome>>;
 }
 
 /// A complete event store backend.
