@@ -1,0 +1,623 @@
+//! The distributed event store: PostgreSQL through a pool of tokio-postgres connections.
+//!
+//! Positions come from a single-row head counter that every append locks `FOR UPDATE` before
+//! it reads anything. A position is therefore only ever taken by the transaction that holds the
+//! lock, and the next appender can only take the following position once that transaction has
+//! committed (or rolled back, giving the position back). Readers never see a later position
+//! before an earlier one: there is no sequence whose numbers are handed out ahead of commit.
+//! `docs/decisions/0001-gap-free-positions.md` records why and what it costs.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use onbehalf_events::{Metadata, StoredEvent};
+use tokio::sync::oneshot;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+use super::{
+    AppendBatch, Appended, EventAppender, EventReader, RequestLog, RequestOutcome,
+    ReservationLookup, StoreError, StoreResult,
+};
+
+/// The key of the advisory lock that serialises migrations of one database across replicas.
+const MIGRATION_LOCK_KEY: i64 = 0x6f6e_6265_6861_6c66; // "onbehalf" in ASCII
+
+/// The schema, one step per entry; step `n` brings the database to version `n + 1`.
+///
+/// Steps are never edited once released: a change is a new step. JSON is stored as `json`, not
+/// `jsonb`, so every value serde_json can produce (a `\u0000` in a string included) is accepted
+/// and read back as written, exactly as the SQLite backend does.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE event_head (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    position  bigint  NOT NULL
+);
+INSERT INTO event_head (singleton, position) VALUES (true, 0);
+CREATE TABLE events (
+    position      bigint      PRIMARY KEY,
+    event_id      uuid        NOT NULL UNIQUE,
+    stream_id     text        NOT NULL,
+    stream_type   text        NOT NULL,
+    version       bigint      NOT NULL,
+    occurred_at   timestamptz NOT NULL,
+    event_type    text        NOT NULL,
+    event_version text        NOT NULL,
+    payload       json        NOT NULL,
+    metadata      json        NOT NULL,
+    key_id        text,
+    hash          text,
+    UNIQUE (stream_id, version)
+);
+CREATE TABLE reservations (
+    scope     text NOT NULL,
+    key       text NOT NULL,
+    stream_id text NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE requests (
+    actor        text   NOT NULL,
+    request_id   text   NOT NULL,
+    request_hash text   NOT NULL,
+    outcome      json   NOT NULL,
+    position     bigint NOT NULL,
+    PRIMARY KEY (actor, request_id)
+);
+"#];
+
+const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_type, version, occurred_at, \
+     event_type, event_version, payload, metadata, key_id, hash";
+
+/// How the pool behind a [`PostgresStore`] connects and how long a call may wait.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// The most connections the pool opens.
+    pub max_connections: usize,
+    /// How long opening one connection may take before the call fails as unavailable.
+    pub connect_timeout: Duration,
+    /// How long a call waits for a free connection before failing as unavailable.
+    pub wait_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    /// 16 connections; 5 s to connect or to wait for a connection, so that a call against a
+    /// server that is down fails quickly instead of hanging.
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            wait_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An event store in a PostgreSQL database.
+///
+/// Cloning is cheap and shares the pool. A call made while the server is down fails with
+/// [`StoreError::Unavailable`]; broken connections are replaced, so calls succeed again once
+/// the server is back, without restarting the process.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    // The URL may hold a password, so only the pool's size is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = self.pool.status();
+        f.debug_struct("PostgresStore")
+            .field("max_connections", &status.max_size)
+            .field("open_connections", &status.size)
+            .finish()
+    }
+}
+
+/// A pause between taking positions and committing them, for tests of the ordering guarantee.
+///
+/// See [`PostgresStore::append_with_commit_gate`].
+#[derive(Debug)]
+pub struct CommitGate {
+    /// Receives the positions the append has taken, once it holds them and before it commits.
+    pub taken: oneshot::Sender<Appended>,
+    /// The append commits when this fires or its sender is dropped.
+    pub release: oneshot::Receiver<()>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` with [`PostgresOptions::default`]; see [`PostgresStore::connect_with`].
+    pub async fn connect(url: &str) -> StoreResult<PostgresStore> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Builds the pool for `url` (a `postgres://` URL or a key=value string) and brings the
+    /// database's schema up to date.
+    ///
+    /// Migrations run under a transaction-scoped advisory lock, so replicas starting at the same
+    /// time apply each step once. An unreachable server gives [`StoreError::Unavailable`] within
+    /// the connect timeout; a malformed URL gives [`StoreError::Backend`].
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> StoreResult<PostgresStore> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Backend(Box::new(e)))?;
+        config.connect_timeout(options.connect_timeout);
+        // Keepalives and the user timeout let a connection whose server vanished without
+        // closing it (a network partition) fail instead of waiting forever.
+        // LIMITATION: there is no per-call deadline; a server whose host still acknowledges TCP
+        // but whose process never answers (stopped, wedged) holds a call indefinitely.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
+
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            // `Fast` replaces connections whose socket has closed; a server restart closes them
+            // all, so that is enough to recover without a query per checkout.
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections)
+            .wait_timeout(Some(options.wait_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+
+        let store = PostgresStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> StoreResult<u32> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+            .await
+            .map_err(map_err)?;
+        let version: i32 = row.try_get(0).map_err(corrupt)?;
+        u32::try_from(version).map_err(|_| StoreError::Corrupt(format!("schema version {version}")))
+    }
+
+    /// Appends like [`EventAppender::append`], but after taking its positions and writing its
+    /// rows it reports them on `gate.taken` and waits for `gate.release` before committing.
+    ///
+    /// This exists for tests of the ordering guarantee: while the append waits it holds the head
+    /// lock, so it shows that later appenders block and that readers see nothing of it until it
+    /// commits. Production code has no reason to call it.
+    pub async fn append_with_commit_gate(
+        &self,
+        batch: AppendBatch,
+        gate: CommitGate,
+    ) -> StoreResult<Appended> {
+        self.append_inner(batch, Some(gate)).await
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(map_pool_err)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await
+            .map_err(map_err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (
+                version    integer     PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(map_err)?;
+        let row = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+            .await
+            .map_err(map_err)?;
+        let current: i32 = row.try_get(0).map_err(corrupt)?;
+        let current = usize::try_from(current)
+            .map_err(|_| StoreError::Corrupt(format!("schema version {current}")))?;
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {current} is newer than this build knows ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (step, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            tx.batch_execute(sql).await.map_err(map_err)?;
+            let version = i32::try_from(step + 1)
+                .map_err(|_| StoreError::Backend("too many migrations".into()))?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn append_inner(
+        &self,
+        batch: AppendBatch,
+        gate: Option<CommitGate>,
+    ) -> StoreResult<Appended> {
+        super::check_batch(&batch)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+
+        // LIMITATION: one append commits at a time, each in its own transaction; batching several
+        // commands under one lock is the recorded way to win throughput back.
+        // Every append queues here first. Everything below reads data committed by the previous
+        // holder, and the positions taken are released only by this transaction's end.
+        let head_stmt = tx
+            .prepare_cached("SELECT position FROM event_head WHERE singleton FOR UPDATE")
+            .await
+            .map_err(map_err)?;
+        let head: i64 = tx
+            .query_one(&head_stmt, &[])
+            .await
+            .map_err(map_err)?
+            .try_get(0)
+            .map_err(corrupt)?;
+        let head = to_u64(head, "head position")?;
+
+        if let Some(request) = &batch.request {
+            if let Some(outcome) = find_request_in(&tx, &request.actor, &request.request_id).await?
+            {
+                return Err(StoreError::DuplicateRequest(outcome));
+            }
+        }
+
+        let version_stmt = tx
+            .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = $1")
+            .await
+            .map_err(map_err)?;
+        let actual: i64 = tx
+            .query_one(&version_stmt, &[&batch.stream_id])
+            .await
+            .map_err(map_err)?
+            .try_get(0)
+            .map_err(corrupt)?;
+        let actual = to_u64(actual, "version")?;
+        if actual != batch.expected_version {
+            return Err(StoreError::Conflict {
+                stream_id: batch.stream_id,
+                expected: batch.expected_version,
+                actual,
+            });
+        }
+
+        let reserve_stmt = tx
+            .prepare_cached(
+                "INSERT INTO reservations (scope, key, stream_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (scope, key) DO NOTHING",
+            )
+            .await
+            .map_err(map_err)?;
+        for reservation in &batch.reservations {
+            let inserted = tx
+                .execute(
+                    &reserve_stmt,
+                    &[&reservation.scope, &reservation.key, &batch.stream_id],
+                )
+                .await
+                .map_err(map_err)?;
+            if inserted == 0 {
+                return Err(StoreError::Reserved {
+                    scope: reservation.scope.clone(),
+                    key: reservation.key.clone(),
+                });
+            }
+        }
+
+        let insert_stmt = tx
+            .prepare_cached(
+                "INSERT INTO events (position, event_id, stream_id, stream_type, version, \
+                 occurred_at, event_type, event_version, payload, metadata, key_id, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .await
+            .map_err(map_err)?;
+        let mut position = head;
+        let mut version = actual;
+        for event in &batch.events {
+            position += 1;
+            version += 1;
+            let metadata = serde_json::to_value(&event.metadata)
+                .map_err(|e| StoreError::Backend(Box::new(e)))?;
+            tx.execute(
+                &insert_stmt,
+                &[
+                    &to_sql_int(position),
+                    &event.event_id,
+                    &batch.stream_id,
+                    &batch.stream_type,
+                    &to_sql_int(version),
+                    &batch.occurred_at,
+                    &event.event_type,
+                    &event.event_version,
+                    &event.payload,
+                    &metadata,
+                    &event.key_id,
+                    &event.hash,
+                ],
+            )
+            .await
+            .map_err(|e| {
+                // Position and stream version were decided under the head lock, so the only
+                // unique key an insert can still break is a reused event id.
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                    StoreError::Backend(
+                        format!("event id {} is already stored", event.event_id).into(),
+                    )
+                } else {
+                    map_err(e)
+                }
+            })?;
+        }
+
+        if let Some(request) = &batch.request {
+            let request_stmt = tx
+                .prepare_cached(
+                    "INSERT INTO requests (actor, request_id, request_hash, outcome, position) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .await
+                .map_err(map_err)?;
+            tx.execute(
+                &request_stmt,
+                &[
+                    &request.actor,
+                    &request.request_id,
+                    &request.request_hash,
+                    &request.outcome,
+                    &to_sql_int(position),
+                ],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+
+        let advance_stmt = tx
+            .prepare_cached("UPDATE event_head SET position = $1 WHERE singleton")
+            .await
+            .map_err(map_err)?;
+        tx.execute(&advance_stmt, &[&to_sql_int(position)])
+            .await
+            .map_err(map_err)?;
+
+        let appended = Appended {
+            first_position: head + 1,
+            last_position: position,
+            stream_version: version,
+        };
+        if let Some(gate) = gate {
+            // The test side may have stopped listening; the append goes on regardless.
+            let _ = gate.taken.send(appended);
+            let _ = gate.release.await;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(appended)
+    }
+}
+
+/// Maps a pool checkout failure: every way of not getting a connection means the store cannot
+/// be reached right now.
+fn map_pool_err(err: PoolError) -> StoreError {
+    match err {
+        PoolError::NoRuntimeSpecified => StoreError::Backend(Box::new(err)),
+        PoolError::Backend(e) => map_err(e),
+        PoolError::Timeout(_) | PoolError::Closed | PoolError::PostCreateHook(_) => {
+            StoreError::Unavailable(Box::new(err))
+        }
+    }
+}
+
+/// Maps a query failure by its kind: a closed connection, a socket failure (refused, reset,
+/// connect timeout: tokio-postgres reports all of them with an `io::Error` source) or a server
+/// that is shutting down or refusing connections is [`StoreError::Unavailable`]; anything else
+/// is a backend failure.
+fn map_err(err: tokio_postgres::Error) -> StoreError {
+    if err.is_closed() || is_io_error(&err) {
+        return StoreError::Unavailable(Box::new(err));
+    }
+    if err.code().is_some_and(is_unavailable_state) {
+        StoreError::Unavailable(Box::new(err))
+    } else {
+        StoreError::Backend(Box::new(err))
+    }
+}
+
+fn is_io_error(err: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn is_unavailable_state(code: &SqlState) -> bool {
+    [
+        SqlState::CONNECTION_EXCEPTION,
+        SqlState::CONNECTION_DOES_NOT_EXIST,
+        SqlState::CONNECTION_FAILURE,
+        SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+        SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::TOO_MANY_CONNECTIONS,
+        // A standby reached after a failover refuses writes until a primary is back.
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+    ]
+    .contains(code)
+}
+
+/// A column that does not decode into its Rust type means the row is not what this build
+/// wrote.
+fn corrupt(err: tokio_postgres::Error) -> StoreError {
+    StoreError::Corrupt(err.to_string())
+}
+
+/// Converts a caller's `u64` bound to PostgreSQL's `bigint`; anything beyond `i64::MAX` selects
+/// nothing more than `i64::MAX` does, so clamping keeps the meaning.
+fn to_sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what}: {value}")))
+}
+
+fn decode_event(row: &Row) -> StoreResult<StoredEvent> {
+    let position: i64 = row.try_get(0).map_err(corrupt)?;
+    let position = to_u64(position, "position")?;
+    let event_id: Uuid = row.try_get(1).map_err(corrupt)?;
+    let version: i64 = row.try_get(4).map_err(corrupt)?;
+    let occurred_at: DateTime<Utc> = row.try_get(5).map_err(corrupt)?;
+    let metadata: serde_json::Value = row.try_get(9).map_err(corrupt)?;
+    let metadata: Metadata = serde_json::from_value(metadata)
+        .map_err(|e| StoreError::Corrupt(format!("event at position {position}: metadata: {e}")))?;
+    Ok(StoredEvent {
+        event_id,
+        position,
+        stream_id: row.try_get(2).map_err(corrupt)?,
+        stream_type: row.try_get(3).map_err(corrupt)?,
+        version: to_u64(version, "version")?,
+        occurred_at,
+        event_type: row.try_get(6).map_err(corrupt)?,
+        event_version: row.try_get(7).map_err(corrupt)?,
+        payload: row.try_get(8).map_err(corrupt)?,
+        metadata,
+        key_id: row.try_get(10).map_err(corrupt)?,
+        hash: row.try_get(11).map_err(corrupt)?,
+    })
+}
+
+async fn find_request_in(
+    client: &impl deadpool_postgres::GenericClient,
+    actor: &str,
+    request_id: &str,
+) -> StoreResult<Option<RequestOutcome>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT request_hash, outcome, position FROM requests \
+             WHERE actor = $1 AND request_id = $2",
+        )
+        .await
+        .map_err(map_err)?;
+    let row = client
+        .query_opt(&stmt, &[&actor, &request_id])
+        .await
+        .map_err(map_err)?;
+    row.map(|row| {
+        let position: i64 = row.try_get(2).map_err(corrupt)?;
+        Ok(RequestOutcome {
+            request_hash: row.try_get(0).map_err(corrupt)?,
+            outcome: row.try_get(1).map_err(corrupt)?,
+            position: to_u64(position, "request position")?,
+        })
+    })
+    .transpose()
+}
+
+#[async_trait::async_trait]
+impl EventReader for PostgresStore {
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        after_version: u64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 \
+                 ORDER BY version"
+            ))
+            .await
+            .map_err(map_err)?;
+        let rows = client
+            .query(&stmt, &[&stream_id, &to_sql_int(after_version)])
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    async fn read_all(&self, after_position: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+            ))
+            .await
+            .map_err(map_err)?;
+        let rows = client
+            .query(&stmt, &[&to_sql_int(after_position), &limit])
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    async fn head_position(&self) -> StoreResult<u64> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT position FROM event_head WHERE singleton")
+            .await
+            .map_err(map_err)?;
+        let head: i64 = client
+            .query_one(&stmt, &[])
+            .await
+            .map_err(map_err)?
+            .try_get(0)
+            .map_err(corrupt)?;
+        to_u64(head, "head position")
+    }
+}
+
+#[async_trait::async_trait]
+impl EventAppender for PostgresStore {
+    async fn append(&self, batch: AppendBatch) -> StoreResult<Appended> {
+        self.append_inner(batch, None).await
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestLog for PostgresStore {
+    async fn find_request(
+        &self,
+        actor: &str,
+        request_id: &str,
+    ) -> StoreResult<Option<RequestOutcome>> {
+        let client = self.client().await?;
+        find_request_in(&client, actor, request_id).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ReservationLookup for PostgresStore {
+    async fn find_reservation(&self, scope: &str, key: &str) -> StoreResult<Option<String>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT stream_id FROM reservations WHERE scope = $1 AND key = $2")
+            .await
+            .map_err(map_err)?;
+        let row = client
+            .query_opt(&stmt, &[&scope, &key])
+            .await
+            .map_err(map_err)?;
+        row.map(|row| row.try_get(0).map_err(corrupt)).transpose()
+    }
+}
