@@ -55,7 +55,7 @@ pub async fn postgres_test_database() -> Option<TestDatabase> {
         Err(err) => {
             if require_services() {
                 panic!(
-                    "PostgreSQL not reachable at {admin_url} and {REQUIRE_SERVICES_ENV}=1: {err}"
+                    "PostgreSQL not reachable at {admin_url} and {REQUIRE_SERVICES_ENV}=1: {err:?}"
                 );
             }
             println!("skipped: PostgreSQL not reachable at {admin_url}");

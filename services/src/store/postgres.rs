@@ -67,6 +67,9 @@ CREATE TABLE requests (
 );
 "#];
 
+/// The name PostgreSQL gives the `UNIQUE` constraint on `events.event_id` in the schema above.
+const EVENT_ID_CONSTRAINT: &str = "events_event_id_key";
+
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_type, version, occurred_at, \
      event_type, event_version, payload, metadata, key_id, hash";
 
@@ -353,9 +356,12 @@ impl PostgresStore {
             )
             .await
             .map_err(|e| {
-                // Position and stream version were decided under the head lock, so the only
-                // unique key an insert can still break is a reused event id.
-                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                // Position and stream version were decided under the head lock, so the unique
+                // key an insert can still break is a reused event id; it is named for the caller.
+                let constraint = e.as_db_error().and_then(|db| db.constraint());
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                    && constraint == Some(EVENT_ID_CONSTRAINT)
+                {
                     StoreError::Backend(
                         format!("event id {} is already stored", event.event_id).into(),
                     )
