@@ -1,0 +1,888 @@
+//! The `ClientAccount` aggregate: the consistency boundary for access and billing.
+//!
+//! Membership, invitations, services and invoices of one client account live in one stream, so
+//! every decision about them is made on the account's own current state (a revoked member can
+//! never act again, however far the read models lag).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use onbehalf_events::account::{InvoiceKind, InvoiceLine, RemovalReason};
+use onbehalf_events::values::{BillingCycle, Currency, DomainName, Email, Name, ProductKind};
+use onbehalf_events::{AccountEvent, Actor, Permission, PermissionSet, Product};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Command, CommandContext, DomainError};
+
+/// Commands on a client account.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AccountCommand {
+    /// Create the account with the actor as owner.
+    Create {
+        /// The new account's id.
+        account_id: Uuid,
+        /// The account's name.
+        name: Name,
+        /// The billing email.
+        email: Email,
+    },
+    /// Change name and billing email. Needs PROFILE.
+    UpdateProfile {
+        /// The new name.
+        name: Name,
+        /// The new billing email.
+        email: Email,
+    },
+    /// Invite an email. Owner only.
+    Invite {
+        /// The new invitation's id.
+        invitation_id: Uuid,
+        /// The invitee's email.
+        email: Email,
+        /// The user registered with that email, if any (to refuse inviting a member again).
+        invitee_user_id: Option<Uuid>,
+        /// The permissions granted on acceptance.
+        permissions: PermissionSet,
+        /// How long the invitation stays acceptable.
+        ttl: Duration,
+    },
+    /// Send a pending invitation again. Owner only.
+    ResendInvitation {
+        /// The invitation.
+        invitation_id: Uuid,
+        /// How long the invitation stays acceptable from now.
+        ttl: Duration,
+    },
+    /// Withdraw a pending invitation. Owner only.
+    CancelInvitation {
+        /// The invitation.
+        invitation_id: Uuid,
+    },
+    /// Accept an invitation; the actor becomes a member.
+    AcceptInvitation {
+        /// The invitation named by the token.
+        invitation_id: Uuid,
+        /// The send generation named by the token.
+        generation: u32,
+    },
+    /// Decline an invitation.
+    DeclineInvitation {
+        /// The invitation named by the token.
+        invitation_id: Uuid,
+        /// The send generation named by the token.
+        generation: u32,
+    },
+    /// Add permissions to a member. Owner only.
+    GrantPermissions {
+        /// The member.
+        user_id: Uuid,
+        /// The permissions to add.
+        permissions: PermissionSet,
+    },
+    /// Remove permissions from a member. Owner only.
+    RevokePermissions {
+        /// The member.
+        user_id: Uuid,
+        /// The permissions to remove.
+        permissions: PermissionSet,
+    },
+    /// Remove a member. Owner only.
+    RevokeAccess {
+        /// The member.
+        user_id: Uuid,
+    },
+    /// The actor leaves the account.
+    Leave,
+    /// Make a member the owner. Owner only.
+    TransferOwnership {
+        /// The member who becomes owner.
+        new_owner_user_id: Uuid,
+    },
+    /// Order a product at its catalogue price. Needs ORDERS.
+    OrderService {
+        /// The new service's id.
+        service_id: Uuid,
+        /// The first invoice's id.
+        invoice_id: Uuid,
+        /// The product as the catalogue holds it now.
+        product: Product,
+        /// The domain, required for domain products.
+        domain: Option<DomainName>,
+        /// The billing cycle.
+        billing_cycle: BillingCycle,
+    },
+    /// Issue the renewal invoice of the next cycle, or find the one already issued. Needs ORDERS.
+    RenewService {
+        /// The service.
+        service_id: Uuid,
+        /// The id to give a new invoice.
+        invoice_id: Uuid,
+    },
+    /// Cancel a service and its unpaid invoices. Needs ORDERS.
+    CancelService {
+        /// The service.
+        service_id: Uuid,
+    },
+    /// Set a domain's nameservers. Needs MANAGE_DOMAINS.
+    UpdateNameservers {
+        /// The domain service.
+        service_id: Uuid,
+        /// The nameservers.
+        nameservers: Vec<DomainName>,
+    },
+    /// Record a payment. Needs INVOICES, or a billing service.
+    PayInvoice {
+        /// The invoice.
+        invoice_id: Uuid,
+        /// The new payment's id.
+        payment_id: Uuid,
+        /// The amount in minor units.
+        amount_minor: i64,
+        /// The payer's reference.
+        reference: String,
+    },
+}
+
+impl AccountCommand {
+    /// The permission a member needs for this command; `None` for owner-only or self-service
+    /// commands.
+    pub fn required_permission(&self) -> Option<Permission> {
+        match self {
+            AccountCommand::UpdateProfile { .. } => Some(Permission::Profile),
+            AccountCommand::OrderService { .. }
+            | AccountCommand::RenewService { .. }
+            | AccountCommand::CancelService { .. } => Some(Permission::Orders),
+            AccountCommand::UpdateNameservers { .. } => Some(Permission::ManageDomains),
+            AccountCommand::PayInvoice { .. } => Some(Permission::Invoices),
+            _ => None,
+        }
+    }
+}
+
+/// The state of an invitation on the write side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InvitationStatus {
+    /// Waiting for an answer (unless expired).
+    Pending,
+    /// Accepted.
+    Accepted,
+    /// Declined.
+    Declined,
+    /// Cancelled by the owner.
+    Cancelled,
+}
+
+/// An invitation on the write side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InvitationState {
+    /// The invitee's email.
+    pub email: Email,
+    /// The permissions granted on acceptance.
+    pub permissions: PermissionSet,
+    /// When it stops being acceptable.
+    pub expires_at: DateTime<Utc>,
+    /// How many times it was resent; only the latest generation's token works.
+    pub generation: u32,
+    /// Where it stands.
+    pub status: InvitationStatus,
+}
+
+impl InvitationState {
+    fn is_open(&self, now: DateTime<Utc>) -> bool {
+        self.status == InvitationStatus::Pending && now < self.expires_at
+    }
+}
+
+/// A service on the write side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// The product's name at order time.
+    pub product_name: Name,
+    /// Hosting or domain.
+    pub kind: ProductKind,
+    /// The domain.
+    pub domain: Option<DomainName>,
+    /// How it is billed.
+    pub billing_cycle: BillingCycle,
+    /// Price of one cycle.
+    pub amount_minor: i64,
+    /// Currency of the price.
+    pub currency: Currency,
+    /// When the next cycle starts.
+    pub next_due_date: NaiveDate,
+    /// Whether it was cancelled.
+    pub cancelled: bool,
+    /// Renewal invoices by the first day of the cycle they bill.
+    pub renewals: BTreeMap<NaiveDate, Uuid>,
+}
+
+/// The status of an invoice on the write side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InvoiceStatus {
+    /// Not yet paid in full.
+    Unpaid,
+    /// Paid in full.
+    Paid,
+    /// Cancelled unpaid.
+    Cancelled,
+}
+
+/// An invoice on the write side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceState {
+    /// The service billed.
+    pub service_id: Uuid,
+    /// First cycle or renewal.
+    pub kind: InvoiceKind,
+    /// Sum of the lines.
+    pub total_minor: i64,
+    /// Sum of the payments.
+    pub paid_minor: i64,
+    /// Currency.
+    pub currency: Currency,
+    /// Status.
+    pub status: InvoiceStatus,
+}
+
+/// A client account's write-model state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientAccount {
+    /// Set once created.
+    pub account_id: Option<Uuid>,
+    /// The name.
+    pub name: Option<Name>,
+    /// The billing email.
+    pub email: Option<Email>,
+    /// The owner, who holds every permission.
+    pub owner: Option<Uuid>,
+    /// Members (never the owner) and their permissions.
+    pub members: BTreeMap<Uuid, PermissionSet>,
+    /// Every invitation ever sent.
+    pub invitations: BTreeMap<Uuid, InvitationState>,
+    /// Every service ever ordered.
+    pub services: BTreeMap<Uuid, ServiceState>,
+    /// Every invoice ever issued.
+    pub invoices: BTreeMap<Uuid, InvoiceState>,
+}
+
+/// How an actor is allowed to act on an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// The owner.
+    Owner,
+    /// A member holding the permissions of the set.
+    Member,
+}
+
+impl ClientAccount {
+    /// Whether the account exists.
+    pub fn exists(&self) -> bool {
+        self.account_id.is_some()
+    }
+
+    /// Whether `user_id` holds `permission` on this account: the owner holds all of them.
+    pub fn allows(&self, user_id: Uuid, permission: Permission) -> bool {
+        self.owner == Some(user_id)
+            || self.members.get(&user_id).is_some_and(|p| p.contains(permission))
+    }
+
+    /// The permissions of `user_id` here, or `None` when it is neither owner nor member.
+    pub fn permissions_of(&self, user_id: Uuid) -> Option<PermissionSet> {
+        if self.owner == Some(user_id) {
+            Some(PermissionSet::full())
+        } else {
+            self.members.get(&user_id).cloned()
+        }
+    }
+
+    /// Whether `user_id` is the owner or a member.
+    pub fn is_party(&self, user_id: Uuid) -> bool {
+        self.owner == Some(user_id) || self.members.contains_key(&user_id)
+    }
+
+    fn require_exists(&self) -> Result<(), DomainError> {
+        if self.exists() {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound("account"))
+        }
+    }
+
+    fn require_owner(&self, ctx: &CommandContext) -> Result<Uuid, DomainError> {
+        self.require_exists()?;
+        match ctx.actor {
+            Actor::User(id) if self.owner == Some(id) => Ok(id),
+            Actor::User(id) if self.members.contains_key(&id) => {
+                Err(DomainError::denied("only the account owner manages users"))
+            }
+            _ => Err(DomainError::denied("caller is not the owner of this account")),
+        }
+    }
+
+    fn require_permission(
+        &self,
+        ctx: &CommandContext,
+        permission: Permission,
+        services_allowed: bool,
+    ) -> Result<(), DomainError> {
+        self.require_exists()?;
+        match &ctx.actor {
+            Actor::User(id) if self.allows(*id, permission) => Ok(()),
+            Actor::User(id) if self.members.contains_key(id) => {
+                Err(DomainError::denied(format!("caller lacks the {permission} permission")))
+            }
+            Actor::Service(_) | Actor::System if services_allowed => Ok(()),
+            _ => Err(DomainError::denied("caller is not the owner or a member of this account")),
+        }
+    }
+
+    fn require_user(ctx: &CommandContext) -> Result<Uuid, DomainError> {
+        ctx.actor.user_id().ok_or_else(|| DomainError::denied("only users may do this"))
+    }
+
+    fn invitation(&self, invitation_id: Uuid) -> Result<&InvitationState, DomainError> {
+        self.invitations.get(&invitation_id).ok_or(DomainError::NotFound("invitation"))
+    }
+
+    fn answerable_invitation(
+        &self,
+        invitation_id: Uuid,
+        generation: u32,
+        now: DateTime<Utc>,
+    ) -> Result<&InvitationState, DomainError> {
+        self.require_exists()?;
+        let invitation = self.invitation(invitation_id)?;
+        match invitation.status {
+            InvitationStatus::Accepted => {
+                return Err(DomainError::precondition("invitation was already accepted"))
+            }
+            InvitationStatus::Declined => {
+                return Err(DomainError::precondition("invitation was declined"))
+            }
+            InvitationStatus::Cancelled => {
+                return Err(DomainError::precondition("invitation was cancelled"))
+            }
+            InvitationStatus::Pending => {}
+        }
+        if generation != invitation.generation {
+            return Err(DomainError::precondition(
+                "invitation was sent again; only the newest link works",
+            ));
+        }
+        if now >= invitation.expires_at {
+            return Err(DomainError::precondition("invitation has expired"));
+        }
+        Ok(invitation)
+    }
+
+    fn member(&self, user_id: Uuid) -> Result<&PermissionSet, DomainError> {
+        if self.owner == Some(user_id) {
+            return Err(DomainError::precondition(
+                "the owner holds every permission and cannot be changed",
+            ));
+        }
+        self.members.get(&user_id).ok_or(DomainError::NotFound("member"))
+    }
+
+    fn service(&self, service_id: Uuid) -> Result<&ServiceState, DomainError> {
+        self.services.get(&service_id).ok_or(DomainError::NotFound("service"))
+    }
+
+    fn decide(
+        &self,
+        command: Command<AccountCommand>,
+    ) -> Result<Vec<AccountEvent>, DomainError> {
+        let ctx = &command.context;
+        let now = ctx.now;
+        let today = now.date_naive();
+        match command.body {
+            AccountCommand::Create { account_id, name, email } => {
+                let owner_user_id = Self::require_user(ctx)?;
+                if self.exists() {
+                    return Err(DomainError::AlreadyExists("account already exists".into()));
+                }
+                Ok(vec![AccountEvent::AccountCreated { account_id, name, email, owner_user_id }])
+            }
+            AccountCommand::UpdateProfile { name, email } => {
+                self.require_permission(ctx, Permission::Profile, false)?;
+                if self.name.as_ref() == Some(&name) && self.email.as_ref() == Some(&email) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![AccountEvent::AccountProfileUpdated { name, email }])
+            }
+            AccountCommand::Invite { invitation_id, email, invitee_user_id, permissions, ttl } => {
+                self.require_owner(ctx)?;
+                if permissions.is_empty() {
+                    return Err(DomainError::invalid("permissions", "must not be empty"));
+                }
+                if invitee_user_id.is_some_and(|u| self.is_party(u)) {
+                    return Err(DomainError::AlreadyExists(
+                        "that user is already the owner or a member of this account".into(),
+                    ));
+                }
+                let key = email.key();
+                if self.invitations.values().any(|i| i.email.key() == key && i.is_open(now)) {
+                    return Err(DomainError::AlreadyExists(
+                        "a pending invitation for that email exists".into(),
+                    ));
+                }
+                if self.invitations.contains_key(&invitation_id) {
+                    return Err(DomainError::AlreadyExists("invitation id is taken".into()));
+                }
+                Ok(vec![AccountEvent::UserInvited {
+                    invitation_id,
+                    email,
+                    permissions,
+                    expires_at: now + ttl,
+                }])
+            }
+            AccountCommand::ResendInvitation { invitation_id, ttl } => {
+                self.require_owner(ctx)?;
+                let invitation = self.invitation(invitation_id)?;
+                if invitation.status != InvitationStatus::Pending {
+                    return Err(DomainError::precondition("only a pending invitation can be sent again"));
+                }
+                Ok(vec![AccountEvent::InvitationResent {
+                    invitation_id,
+                    generation: invitation.generation + 1,
+                    expires_at: now + ttl,
+                }])
+            }
+            AccountCommand::CancelInvitation { invitation_id } => {
+                self.require_owner(ctx)?;
+                let invitation = self.invitation(invitation_id)?;
+                if invitation.status != InvitationStatus::Pending {
+                    return Err(DomainError::precondition("only a pending invitation can be cancelled"));
+                }
+                Ok(vec![AccountEvent::InvitationCancelled { invitation_id }])
+            }
+            AccountCommand::AcceptInvitation { invitation_id, generation } => {
+                let user_id = Self::require_user(ctx)?;
+                let invitation = self.answerable_invitation(invitation_id, generation, now)?;
+                if self.is_party(user_id) {
+                    return Err(DomainError::AlreadyExists(
+                        "caller is already the owner or a member of this account".into(),
+                    ));
+                }
+                Ok(vec![AccountEvent::InvitationAccepted {
+                    invitation_id,
+                    user_id,
+                    permissions: invitation.permissions.clone(),
+                }])
+            }
+            AccountCommand::DeclineInvitation { invitation_id, generation } => {
+                let user_id = Self::require_user(ctx)?;
+                self.answerable_invitation(invitation_id, generation, now)?;
+                Ok(vec![AccountEvent::InvitationDeclined { invitation_id, user_id }])
+            }
+            AccountCommand::GrantPermissions { user_id, permissions } => {
+                self.require_owner(ctx)?;
+                let held = self.member(user_id)?;
+                let granted = permissions.difference(held);
+                if granted.is_empty() {
+                    return Ok(vec![]);
+                }
+                let permissions = held.union(&granted);
+                Ok(vec![AccountEvent::PermissionsGranted { user_id, granted, permissions }])
+            }
+            AccountCommand::RevokePermissions { user_id, permissions } => {
+                self.require_owner(ctx)?;
+                let held = self.member(user_id)?;
+                let revoked = held.intersection(&permissions);
+                if revoked.is_empty() {
+                    return Ok(vec![]);
+                }
+                let permissions = held.difference(&revoked);
+                Ok(vec![AccountEvent::PermissionsRevoked { user_id, revoked, permissions }])
+            }
+            AccountCommand::RevokeAccess { user_id } => {
+                self.require_owner(ctx)?;
+                if self.owner == Some(user_id) {
+                    return Err(DomainError::precondition("the owner cannot be removed"));
+                }
+                self.member(user_id)?;
+                Ok(vec![AccountEvent::MemberRemoved { user_id, reason: RemovalReason::Revoked }])
+            }
+            AccountCommand::Leave => {
+                self.require_exists()?;
+                let user_id = Self::require_user(ctx)?;
+                if self.owner == Some(user_id) {
+                    return Err(DomainError::precondition(
+                        "the owner cannot leave; transfer ownership first",
+                    ));
+                }
+                if !self.members.contains_key(&user_id) {
+                    return Err(DomainError::denied("caller is not a member of this account"));
+                }
+                Ok(vec![AccountEvent::MemberRemoved { user_id, reason: RemovalReason::Left }])
+            }
+            AccountCommand::TransferOwnership { new_owner_user_id } => {
+                let from_user_id = self.require_owner(ctx)?;
+                if new_owner_user_id == from_user_id {
+                    return Err(DomainError::precondition("caller already owns this account"));
+                }
+                if !self.members.contains_key(&new_owner_user_id) {
+                    return Err(DomainError::precondition(
+                        "ownership can only move to a current member",
+                    ));
+                }
+                Ok(vec![AccountEvent::OwnershipTransferred {
+                    from_user_id,
+                    to_user_id: new_owner_user_id,
+                }])
+            }
+            AccountCommand::OrderService { service_id, invoice_id, product, domain, billing_cycle } => {
+                self.require_permission(ctx, Permission::Orders, false)?;
+                self.decide_order(service_id, invoice_id, product, domain, billing_cycle, today)
+            }
+            AccountCommand::RenewService { service_id, invoice_id } => {
+                self.require_permission(ctx, Permission::Orders, false)?;
+                let service = self.service(service_id)?;
+                if service.cancelled {
+                    return Err(DomainError::precondition("a cancelled service cannot be renewed"));
+                }
+                let period_start = service.next_due_date;
+                if service.renewals.contains_key(&period_start) {
+                    return Ok(vec![]);
+                }
+                let period_end = service.billing_cycle.advance(period_start);
+                let line = InvoiceLine {
+                    description: describe_line(service, period_start, period_end),
+                    amount_minor: service.amount_minor,
+                };
+                Ok(vec![AccountEvent::InvoiceIssued {
+                    invoice_id,
+                    service_id,
+                    kind: InvoiceKind::Renewal { period_start },
+                    total_minor: line.amount_minor,
+                    lines: vec![line],
+                    currency: service.currency.clone(),
+                    issued_on: today,
+                    due_date: period_start,
+                }])
+            }
+            AccountCommand::CancelService { service_id } => {
+                self.require_permission(ctx, Permission::Orders, false)?;
+                let service = self.service(service_id)?;
+                if service.cancelled {
+                    return Err(DomainError::precondition("service is already cancelled"));
+                }
+                let mut events: Vec<AccountEvent> = self
+                    .invoices
+                    .iter()
+                    .filter(|(_, i)| i.service_id == service_id && i.status == InvoiceStatus::Unpaid)
+                    .map(|(id, _)| AccountEvent::InvoiceCancelled { invoice_id: *id })
+                    .collect();
+                events.push(AccountEvent::ServiceCancelled { service_id });
+                Ok(events)
+            }
+            AccountCommand::UpdateNameservers { service_id, nameservers } => {
+                self.require_permission(ctx, Permission::ManageDomains, false)?;
+                let service = self.service(service_id)?;
+                if service.kind != ProductKind::Domain {
+                    return Err(DomainError::precondition("only a domain has nameservers"));
+                }
+                if service.cancelled {
+                    return Err(DomainError::precondition("service is cancelled"));
+                }
+                Ok(vec![AccountEvent::NameserversUpdated { service_id, nameservers }])
+            }
+            AccountCommand::PayInvoice { invoice_id, payment_id, amount_minor, reference } => {
+                self.require_permission(ctx, Permission::Invoices, true)?;
+                self.decide_payment(invoice_id, payment_id, amount_minor, reference)
+            }
+        }
+    }
+
+    fn decide_order(
+        &self,
+        service_id: Uuid,
+        invoice_id: Uuid,
+        product: Product,
+        domain: Option<DomainName>,
+        billing_cycle: BillingCycle,
+        today: NaiveDate,
+    ) -> Result<Vec<AccountEvent>, DomainError> {
+        if product.kind == ProductKind::Domain {
+            let Some(domain) = &domain else {
+                return Err(DomainError::invalid("domain", "a domain order needs a domain"));
+            };
+            let Some(tld) = &product.tld else {
+                return Err(DomainError::precondition("the domain product has no TLD"));
+            };
+            if !domain.is_under(tld) {
+                return Err(DomainError::invalid(
+                    "domain",
+                    format!("`{domain}` is not a name directly under `{}`", tld.as_str()),
+                ));
+            }
+            if !billing_cycle.is_yearly() {
+                return Err(DomainError::invalid(
+                    "billing_cycle",
+                    "domains are registered for whole years only",
+                ));
+            }
+        }
+        let price = product.price(billing_cycle).ok_or_else(|| {
+            DomainError::invalid(
+                "billing_cycle",
+                format!("the product is not sold {}", billing_cycle.as_str()),
+            )
+        })?;
+        if self.services.contains_key(&service_id) || self.invoices.contains_key(&invoice_id) {
+            return Err(DomainError::AlreadyExists("service or invoice id is taken".into()));
+        }
+        let next_due_date = billing_cycle.advance(today);
+        let ordered = AccountEvent::ServiceOrdered {
+            service_id,
+            product_id: product.product_id,
+            product_name: product.name.clone(),
+            kind: product.kind,
+            domain: domain.clone(),
+            billing_cycle,
+            amount_minor: price.amount_minor,
+            currency: price.currency.clone(),
+            ordered_on: today,
+            next_due_date,
+        };
+        let service = ServiceState {
+            product_name: product.name.clone(),
+            kind: product.kind,
+            domain,
+            billing_cycle,
+            amount_minor: price.amount_minor,
+            currency: price.currency.clone(),
+            next_due_date,
+            cancelled: false,
+            renewals: BTreeMap::new(),
+        };
+        let line = InvoiceLine {
+            description: describe_line(&service, today, next_due_date),
+            amount_minor: price.amount_minor,
+        };
+        let issued = AccountEvent::InvoiceIssued {
+            invoice_id,
+            service_id,
+            kind: InvoiceKind::Order,
+            total_minor: line.amount_minor,
+            lines: vec![line],
+            currency: price.currency.clone(),
+            issued_on: today,
+            due_date: today,
+        };
+        Ok(vec![ordered, issued])
+    }
+
+    fn decide_payment(
+        &self,
+        invoice_id: Uuid,
+        payment_id: Uuid,
+        amount_minor: i64,
+        reference: String,
+    ) -> Result<Vec<AccountEvent>, DomainError> {
+        let invoice = self.invoices.get(&invoice_id).ok_or(DomainError::NotFound("invoice"))?;
+        match invoice.status {
+            InvoiceStatus::Paid => return Err(DomainError::precondition("invoice is already paid")),
+            InvoiceStatus::Cancelled => {
+                return Err(DomainError::precondition("invoice is cancelled"))
+            }
+            InvoiceStatus::Unpaid => {}
+        }
+        if amount_minor <= 0 {
+            return Err(DomainError::invalid("amount_minor", "must be greater than zero"));
+        }
+        let outstanding = invoice.total_minor - invoice.paid_minor;
+        if amount_minor > outstanding {
+            return Err(DomainError::precondition(format!(
+                "overpayment: {amount_minor} exceeds the {outstanding} still owed"
+            )));
+        }
+        let mut events =
+            vec![AccountEvent::PaymentReceived { invoice_id, payment_id, amount_minor, reference }];
+        if amount_minor == outstanding {
+            events.push(AccountEvent::InvoicePaid { invoice_id });
+            if let InvoiceKind::Renewal { period_start } = invoice.kind {
+                let service = self.service(invoice.service_id)?;
+                if service.next_due_date == period_start && !service.cancelled {
+                    events.push(AccountEvent::ServiceRenewed {
+                        service_id: invoice.service_id,
+                        next_due_date: service.billing_cycle.advance(period_start),
+                    });
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// The renewal invoice already issued for the service's current cycle, if any.
+    pub fn pending_renewal(&self, service_id: Uuid) -> Option<Uuid> {
+        let service = self.services.get(&service_id)?;
+        service.renewals.get(&service.next_due_date).copied()
+    }
+}
+
+fn describe_line(service: &ServiceState, from: NaiveDate, until: NaiveDate) -> String {
+    let last_day = until.pred_opt().unwrap_or(until);
+    match &service.domain {
+        Some(domain) => format!("{} - {domain} ({from} - {last_day})", service.product_name),
+        None => format!("{} ({from} - {last_day})", service.product_name),
+    }
+}
+
+impl Aggregate for ClientAccount {
+    const TYPE: &'static str = onbehalf_events::stream_type::CLIENT_ACCOUNT;
+    type Command = Command<AccountCommand>;
+    type Event = AccountEvent;
+    type Error = DomainError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            AccountEvent::AccountCreated { account_id, name, email, owner_user_id } => {
+                self.account_id = Some(account_id);
+                self.name = Some(name);
+                self.email = Some(email);
+                self.owner = Some(owner_user_id);
+            }
+            AccountEvent::AccountProfileUpdated { name, email } => {
+                self.name = Some(name);
+                self.email = Some(email);
+            }
+            AccountEvent::UserInvited { invitation_id, email, permissions, expires_at } => {
+                self.invitations.insert(
+                    invitation_id,
+                    InvitationState {
+                        email,
+                        permissions,
+                        expires_at,
+                        generation: 0,
+                        status: InvitationStatus::Pending,
+                    },
+                );
+            }
+            AccountEvent::InvitationResent { invitation_id, generation, expires_at } => {
+                if let Some(i) = self.invitations.get_mut(&invitation_id) {
+                    i.generation = generation;
+                    i.expires_at = expires_at;
+                }
+            }
+            AccountEvent::InvitationCancelled { invitation_id } => {
+                self.set_invitation_status(invitation_id, InvitationStatus::Cancelled);
+            }
+            AccountEvent::InvitationAccepted { invitation_id, user_id, permissions } => {
+                self.set_invitation_status(invitation_id, InvitationStatus::Accepted);
+                self.members.insert(user_id, permissions);
+            }
+            AccountEvent::InvitationDeclined { invitation_id, .. } => {
+                self.set_invitation_status(invitation_id, InvitationStatus::Declined);
+            }
+            AccountEvent::PermissionsGranted { user_id, permissions, .. }
+            | AccountEvent::PermissionsRevoked { user_id, permissions, .. } => {
+                self.members.insert(user_id, permissions);
+            }
+            AccountEvent::MemberRemoved { user_id, .. } => {
+                self.members.remove(&user_id);
+            }
+            AccountEvent::OwnershipTransferred { from_user_id, to_user_id } => {
+                self.members.remove(&to_user_id);
+                self.members.insert(from_user_id, PermissionSet::full());
+                self.owner = Some(to_user_id);
+            }
+            AccountEvent::ServiceOrdered {
+                service_id,
+                product_name,
+                kind,
+                domain,
+                billing_cycle,
+                amount_minor,
+                currency,
+                next_due_date,
+                ..
+            } => {
+                self.services.insert(
+                    service_id,
+                    ServiceState {
+                        product_name,
+                        kind,
+                        domain,
+                        billing_cycle,
+                        amount_minor,
+                        currency,
+                        next_due_date,
+                        cancelled: false,
+                        renewals: BTreeMap::new(),
+                    },
+                );
+            }
+            AccountEvent::InvoiceIssued { invoice_id, service_id, kind, total_minor, currency, .. } => {
+                if let (InvoiceKind::Renewal { period_start }, Some(service)) =
+                    (&kind, self.services.get_mut(&service_id))
+                {
+                    service.renewals.insert(*period_start, invoice_id);
+                }
+                self.invoices.insert(
+                    invoice_id,
+                    InvoiceState {
+                        service_id,
+                        kind,
+                        total_minor,
+                        paid_minor: 0,
+                        currency,
+                        status: InvoiceStatus::Unpaid,
+                    },
+                );
+            }
+            AccountEvent::PaymentReceived { invoice_id, amount_minor, .. } => {
+                if let Some(i) = self.invoices.get_mut(&invoice_id) {
+                    i.paid_minor += amount_minor;
+                }
+            }
+            AccountEvent::InvoicePaid { invoice_id } => {
+                self.set_invoice_status(invoice_id, InvoiceStatus::Paid);
+            }
+            AccountEvent::InvoiceCancelled { invoice_id } => {
+                self.set_invoice_status(invoice_id, InvoiceStatus::Cancelled);
+            }
+            AccountEvent::ServiceRenewed { service_id, next_due_date } => {
+                if let Some(s) = self.services.get_mut(&service_id) {
+                    s.next_due_date = next_due_date;
+                }
+            }
+            AccountEvent::ServiceCancelled { service_id } => {
+                if let Some(s) = self.services.get_mut(&service_id) {
+                    s.cancelled = true;
+                }
+            }
+            AccountEvent::NameserversUpdated { .. } => {}
+        }
+    }
+}
+
+impl ClientAccount {
+    fn set_invitation_status(&mut self, invitation_id: Uuid, status: InvitationStatus) {
+        if let Some(i) = self.invitations.get_mut(&invitation_id) {
+            i.status = status;
+        }
+    }
+
+    fn set_invoice_status(&mut self, invoice_id: Uuid, status: InvoiceStatus) {
+        if let Some(i) = self.invoices.get_mut(&invoice_id) {
+            i.status = status;
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The command executor: load an aggregate from the log, decide, append, report the position.
+//!
+//! This replaces cqrs-es's `CqrsFramework`, which neither returns positions nor feeds
+//! projections durably: here the only output of a command is what the log committed, and read
+//! models follow the log by position.
+
+use std::sync::Arc;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use onbehalf_events::{EventSchema, Metadata};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::store::{AppendBatch, EventStore, NewEvent, RequestRecord, Reservation, StoreError};
+
+/// The reservation scope that keeps user emails unique.
+pub const EMAIL_SCOPE: &str = "user_email";
+
+/// How many times a command is decided again after losing an optimistic race.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// An aggregate as loaded from its stream.
+#[derive(Debug)]
+pub struct Loaded<A> {
+    /// The state after every stored event.
+    pub aggregate: A,
+    /// The stream's version (0 for a stream with no events).
+    pub version: u64,
+    /// The position of the stream's last event (0 for none).
+    pub position: u64,
+}
+
+/// A caller's idempotency key for one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The caller's request id.
+    pub request_id: String,
+    /// Digest of the request's content without the request id.
+    pub request_hash: String,
+}
+
+/// One command to execute against one stream.
+#[derive(Debug)]
+pub struct Execution<A: Aggregate> {
+    /// The stream the aggregate lives in.
+    pub stream_id: String,
+    /// The command, decided again on each attempt.
+    pub command: A::Command,
+    /// The envelope metadata of every event the command appends.
+    pub metadata: Metadata,
+    /// The caller's idempotency key.
+    pub idempotency: Option<Idempotency>,
+    /// Unique keys claimed with the events.
+    pub reservations: Vec<Reservation>,
+}
+
+/// The result of an accepted command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Executed<T> {
+    /// What the command produced (ids), as first returned.
+    pub value: T,
+    /// Position of the command's last event; for a command that changed nothing, the position
+    /// of the stream's last event.
+    pub position: u64,
+    /// Whether this is the remembered outcome of an earlier identical request.
+    pub replayed: bool,
+}
+
+/// Executes commands on the log.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    store: Arc<dyn EventStore>,
+    clock: Arc<dyn Clock>,
+    appended: watch::Sender<u64>,
+}
+
+impl Executor {
+    /// An executor over `store`; every append is announced on `appended` with its position.
+    pub fn new(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>, appended: watch::Sender<u64>) -> Self {
+        Self { store, clock, appended }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Loads an aggregate by folding every event of its stream.
+    // LIMITATION: no snapshots yet; every command reads its whole stream, which grows with the account's history.
+    pub async fn load<A>(&self, stream_id: &str) -> Result<Loaded<A>>
+    where
+        A: Aggregate,
+    {
+        let events = self.store.read_stream(stream_id, 0).await?;
+        let mut loaded = Loaded { aggregate: A::default(), version: 0, position: 0 };
+        for stored in events {
+            let event: A::Event = stored.decode().map_err(|e| {
+                Error::Internal(format!("event at position {} cannot be decoded: {e}", stored.position))
+            })?;
+            loaded.aggregate.apply(event);
+            loaded.version = stored.version;
+            loaded.position = stored.position;
+        }
+        Ok(loaded)
+    }
+
+    /// Executes `execution`, deciding again after a lost optimistic race.
+    ///
+    /// `outcome` computes what the caller gets back from the aggregate's state after the
+    /// command; it is stored with the events so that a retry with the same request id gets the
+    /// same answer and appends nothing.
+    pub async fn execute<A, T, F>(&self, execution: Execution<A>, outcome: F) -> Result<Executed<T>>
+    where
+        A: Aggregate<Error = crate::domain::DomainError, Services = ()>,
+        A::Command: Clone,
+        A::Event: EventSchema,
+        T: Serialize + DeserializeOwned,
+        F: Fn(&A) -> Result<T>,
+    {
+        let actor_key = execution.metadata.actor.to_string();
+        if let Some(key) = &execution.idempotency {
+            if let Some(stored) = self.store.find_request(&actor_key, &key.request_id).await? {
+                return replay(key, stored.request_hash, stored.outcome, stored.position);
+            }
+        }
+
+        for _attempt in 0..MAX_ATTEMPTS {
+            let mut loaded: Loaded<A> = self.load(&execution.stream_id).await?;
+            let sink = EventSink::default();
+            loaded.aggregate.handle(execution.command.clone(), &(), &sink).await?;
+            let events = sink.collect().await;
+            let value = outcome(&loaded.aggregate)?;
+            if events.is_empty() {
+                return Ok(Executed { value, position: loaded.position, replayed: false });
+            }
+
+            let batch = self.batch::<A>(&execution, &actor_key, loaded.version, events, &value)?;
+            match self.store.append(batch).await {
+                Ok(appended) => {
+                    self.appended.send_replace(appended.last_position);
+                    tracing::info!(
+                        stream_id = %execution.stream_id,
+                        position = appended.last_position,
+                        "command accepted"
+                    );
+                    return Ok(Executed { value, position: appended.last_position, replayed: false });
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::DuplicateRequest(stored)) => {
+                    let key = execution.idempotency.as_ref().ok_or_else(|| {
+                        Error::Internal("store reported a duplicate request without one".into())
+                    })?;
+                    return replay(key, stored.request_hash, stored.outcome, stored.position);
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(Error::Aborted(format!(
+            "{} kept changing concurrently; gave up after {MAX_ATTEMPTS} attempts",
+            execution.stream_id
+        )))
+    }
+
+    fn batch<A>(
+        &self,
+        execution: &Execution<A>,
+        actor_key: &str,
+        expected_version: u64,
+        events: Vec<A::Event>,
+        value: &impl Serialize,
+    ) -> Result<AppendBatch>
+    where
+        A: Aggregate,
+        A::Event: EventSchema,
+    {
+        let events = events
+            .into_iter()
+            .map(|event| {
+                Ok(NewEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: event.event_type().to_owned(),
+                    event_version: event.event_version().to_owned(),
+                    payload: serde_json::to_value(&event)
+                        .map_err(|e| Error::Internal(format!("event cannot be encoded: {e}")))?,
+                    metadata: execution.metadata.clone(),
+                    key_id: None,
+                    hash: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let request = match &execution.idempotency {
+            Some(key) => Some(RequestRecord {
+                actor: actor_key.to_owned(),
+                request_id: key.request_id.clone(),
+                request_hash: key.request_hash.clone(),
+                outcome: serde_json::to_value(value)
+                    .map_err(|e| Error::Internal(format!("outcome cannot be encoded: {e}")))?,
+            }),
+            None => None,
+        };
+        Ok(AppendBatch {
+            stream_id: execution.stream_id.clone(),
+            stream_type: A::TYPE.to_owned(),
+            expected_version,
+            occurred_at: self.clock.now(),
+            events,
+            reservations: execution.reservations.clone(),
+            request,
+        })
+    }
+}
+
+fn replay<T: DeserializeOwned>(
+    key: &Idempotency,
+    stored_hash: String,
+    outcome: serde_json::Value,
+    position: u64,
+) -> Result<Executed<T>> {
+    if stored_hash != key.request_hash {
+        return Err(Error::invalid(
+            "request_id",
+            "this request id was already used for a different request",
+        ));
+    }
+    let value = serde_json::from_value(outcome)
+        .map_err(|e| Error::Internal(format!("stored outcome cannot be decoded: {e}")))?;
+    Ok(Executed { value, position, replayed: true })
+}

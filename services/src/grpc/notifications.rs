@@ -1,0 +1,93 @@
+//! `NotificationService`.
+
+use onbehalf_events::Permission;
+use onbehalf_projections::{Notification, NotificationCategory};
+use onbehalf_proto::v1 as pb;
+use onbehalf_proto::v1::notification_service_server::NotificationService;
+use tonic::{Request, Response, Status};
+
+use super::{convert, respond, App};
+use crate::error::{Error, Result};
+
+/// The `NotificationService` implementation.
+#[derive(Debug, Clone)]
+pub(crate) struct Notifications(pub(crate) App);
+
+fn notification_message(n: &Notification) -> pb::Notification {
+    pb::Notification {
+        notification_id: n.notification_id.to_string(),
+        category: match n.category {
+            NotificationCategory::Invitation => pb::NotificationCategory::Invitation,
+            NotificationCategory::Billing => pb::NotificationCategory::Billing,
+            NotificationCategory::Service => pb::NotificationCategory::Service,
+            NotificationCategory::Security => pb::NotificationCategory::Security,
+        } as i32,
+        recipient_email: n.recipient_email.to_string(),
+        account_id: n.account_id.to_string(),
+        subject: n.subject.clone(),
+        body: n.body.clone(),
+        action_token: n.action_token.clone().unwrap_or_default(),
+        position: n.position,
+        created_at: Some(convert::timestamp(n.created_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl NotificationService for Notifications {
+    async fn list_notifications(
+        &self,
+        request: Request<pb::ListNotificationsRequest>,
+    ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+        respond(self.list(request).await)
+    }
+}
+
+impl Notifications {
+    async fn list(&self, request: Request<pb::ListNotificationsRequest>) -> Result<pb::ListNotificationsResponse> {
+        let app = &self.0;
+        let call = app.call(&request)?;
+        let req = request.into_inner();
+        let service = call.caller.has_scope("notifications:read");
+        let notifications = match (req.recipient_email.is_empty(), req.account_id.is_empty()) {
+            (false, false) => {
+                return Err(Error::invalid("account_id", "give recipient_email or account_id, not both"))
+            }
+            (true, true) if service => {
+                app.read(&call, req.min_position, |m| m.notifications.all().iter().map(notification_message).collect())
+                    .await?
+            }
+            (true, true) => return Err(Error::invalid("recipient_email", "give recipient_email or account_id")),
+            (false, true) => {
+                let email = convert::email("recipient_email", &req.recipient_email)?;
+                if !service {
+                    let user_id = call.caller.user_id()?;
+                    let own = app
+                        .read(&call, req.min_position, |m| m.accounts.user(user_id).map(|u| u.email.key()))
+                        .await?;
+                    if own.as_deref() != Some(email.key().as_str()) {
+                        return Err(Error::PermissionDenied("a user reads only its own email's notifications".into()));
+                    }
+                }
+                app.read(&call, req.min_position, |m| {
+                    m.notifications.for_recipient(&email.key()).into_iter().map(notification_message).collect()
+                })
+                .await?
+            }
+            (true, false) => {
+                let account_id = convert::uuid("account_id", &req.account_id)?;
+                let mut min = req.min_position;
+                if !service {
+                    min = min.max(app.authorize_read(&call, account_id, Some(Permission::Emails)).await?.position);
+                } else {
+                    app.load_account(account_id).await?;
+                }
+                app.read(&call, min, |m| {
+                    m.notifications.for_account(account_id).into_iter().map(notification_message).collect()
+                })
+                .await?
+            }
+        };
+        let (notifications, next_page_token) = convert::page(notifications, req.page_size, &req.page_token)?;
+        Ok(pb::ListNotificationsResponse { notifications, next_page_token })
+    }
+}

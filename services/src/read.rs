@@ -1,0 +1,121 @@
+//! The read side: in-memory read models fed from the log by position.
+//!
+//! Architecture Invariant: read models are fed only from the durable log, never from the
+//! command path. After a crash they are rebuilt from the log; a command's success never depends
+//! on them.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use onbehalf_projections::ReadModels;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::store::EventStore;
+
+/// How many events the feed reads per batch.
+const BATCH: usize = 1000;
+/// How often the feed looks at the log when no append was announced in this process.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Shared, position-aware access to the read models.
+#[derive(Debug, Clone)]
+pub struct ReadSide {
+    models: Arc<RwLock<ReadModels>>,
+    position: watch::Receiver<u64>,
+}
+
+impl ReadSide {
+    /// Rebuilds `models` from the whole log, then keeps feeding them in the background.
+    ///
+    /// `appended` wakes the feed as soon as this process appends; other writers are picked up
+    /// by polling.
+    // LIMITATION: appends by other processes are seen by polling every 200 ms, not by a notification from the database.
+    pub async fn start(
+        store: Arc<dyn EventStore>,
+        models: ReadModels,
+        mut appended: watch::Receiver<u64>,
+    ) -> Result<Self> {
+        let models = Arc::new(RwLock::new(models));
+        let (position_tx, position) = watch::channel(0);
+        while feed_once(&*store, &models, &position_tx).await? > 0 {}
+        tracing::info!(position = *position_tx.borrow(), "read models rebuilt from the log");
+
+        let feed_models = models.clone();
+        tokio::spawn(async move {
+            loop {
+                match feed_once(&*store, &feed_models, &position_tx).await {
+                    Ok(0) => {
+                        tokio::select! {
+                            changed = appended.changed() => {
+                                if changed.is_err() {
+                                    tokio::time::sleep(POLL).await;
+                                }
+                            }
+                            _ = tokio::time::sleep(POLL) => {}
+                            _ = position_tx.closed() => return,
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "read-model feed failed; retrying");
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+            }
+        });
+        Ok(Self { models, position })
+    }
+
+    /// The position the read models have reached.
+    pub fn position(&self) -> u64 {
+        *self.position.borrow()
+    }
+
+    /// Waits until the read models have reached `min_position` (at once for 0), but no later
+    /// than `deadline`, then runs `read` on them.
+    pub async fn read<T>(
+        &self,
+        min_position: u64,
+        deadline: Instant,
+        read: impl FnOnce(&ReadModels) -> T,
+    ) -> Result<T> {
+        if min_position > 0 {
+            let mut rx = self.position.clone();
+            let reached = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= min_position)).await;
+            match reached {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(Error::Unavailable("read models stopped".into())),
+                Err(_) => {
+                    return Err(Error::DeadlineExceeded(format!(
+                        "read models are at position {}, not yet at {min_position}",
+                        self.position()
+                    )))
+                }
+            }
+        }
+        let guard = self.models.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(read(&guard))
+    }
+}
+
+async fn feed_once(
+    store: &dyn EventStore,
+    models: &RwLock<ReadModels>,
+    position: &watch::Sender<u64>,
+) -> Result<usize> {
+    let after = models.read().unwrap_or_else(|p| p.into_inner()).position();
+    let events = store.read_all(after, BATCH).await?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut guard = models.write().unwrap_or_else(|p| p.into_inner());
+    for event in &events {
+        guard
+            .apply(event)
+            .map_err(|e| Error::Internal(format!("read models cannot apply the log: {e}")))?;
+    }
+    position.send_replace(guard.position());
+    Ok(events.len())
+}

@@ -1,0 +1,192 @@
+//! Assembling and running the server: store, keys, executor, read models, gRPC services.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use onbehalf_projections::ReadModels;
+use onbehalf_proto::v1 as pb;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+
+use crate::auth::{self, Verifier};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::grpc::{self, App, Settings};
+use crate::limit::SizeLimitLayer;
+use crate::read::ReadSide;
+use crate::store::postgres::PostgresStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::EventStore;
+use crate::tokens::InvitationTokens;
+
+/// Everything the server is configured with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The data directory: the SQLite log (when no database URL is given), keys and secrets.
+    pub data_dir: PathBuf,
+    /// A PostgreSQL URL; when set, the log lives there instead of in the data directory.
+    pub database_url: Option<String>,
+    /// Expected `iss` of bearer tokens.
+    pub issuer: String,
+    /// Expected `aud` of bearer tokens.
+    pub audience: String,
+    /// Extra public keys (`<kid>.pub.pem` files) besides those in the data directory.
+    pub verification_keys: Vec<PathBuf>,
+    /// The file holding the invitation MAC secret; default `<data dir>/invitation.secret`.
+    pub invitation_secret_file: Option<PathBuf>,
+    /// The client-area page that accepts invitations; tokens are appended as `?token=`.
+    pub accept_url_base: String,
+    /// The largest request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// API behaviour settings.
+    pub settings: Settings,
+    /// The clock every decision reads.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ServerConfig {
+    /// The defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: data_dir.into(),
+            database_url: None,
+            issuer: auth::DEFAULT_ISSUER.into(),
+            audience: auth::DEFAULT_ISSUER.into(),
+            verification_keys: Vec::new(),
+            invitation_secret_file: None,
+            accept_url_base: "http://localhost:8080/invitations/accept".into(),
+            max_message_bytes: 64 * 1024,
+            settings: Settings::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting calls, lets running ones finish, and waits for the server to end.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.handle).await.map_err(|e| Error::Internal(format!("server task failed: {e}")))?
+    }
+
+    /// Waits until the server ends by itself (an error) or `signal` completes.
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::select! {
+            result = &mut self.handle => {
+                result.map_err(|e| Error::Internal(format!("server task failed: {e}")))?
+            }
+            () = signal => self.shutdown().await,
+        }
+    }
+}
+
+/// Opens the store the configuration names, running its migrations.
+pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn EventStore>> {
+    Ok(match &config.database_url {
+        Some(url) => Arc::new(PostgresStore::connect(url).await?),
+        None => Arc::new(SqliteStore::open(&config.data_dir).await?),
+    })
+}
+
+/// Starts the server and returns once it listens.
+pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Internal(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    let store = open_store(&config).await?;
+
+    let (key_path, created) = auth::ensure_dev_keypair(&config.data_dir)?;
+    if created {
+        tracing::info!(path = %key_path.display(), "created a development signing key pair");
+    }
+    let mut keys = Verifier::load_dir(&auth::keys_dir(&config.data_dir))?;
+    for path in &config.verification_keys {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let kid = name.strip_suffix(".pub.pem").filter(|k| !k.is_empty()).ok_or_else(|| {
+            Error::Internal(format!("{} must be named `<kid>.pub.pem`", path.display()))
+        })?;
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
+        keys.push((kid.to_owned(), pem));
+    }
+    let verifier = Arc::new(Verifier::new(&config.issuer, &config.audience, &keys)?);
+
+    let secret_path =
+        config.invitation_secret_file.clone().unwrap_or_else(|| config.data_dir.join("invitation.secret"));
+    let secret = InvitationTokens::load_or_create_secret(&secret_path)?;
+    let tokens = Arc::new(InvitationTokens::new(secret, &config.accept_url_base)?);
+
+    let (appended_tx, appended_rx) = watch::channel(0);
+    let executor = Executor::new(store.clone(), config.clock.clone(), appended_tx);
+    let read = ReadSide::start(store, ReadModels::new(tokens.clone()), appended_rx).await?;
+    let app = App::new(executor, read, tokens, config.settings.clone());
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("cannot read the listening address: {e}")))?;
+    let incoming = TcpIncoming::from(listener);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::account_service_server::AccountServiceServer<grpc::accounts::Accounts>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(onbehalf_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("cannot build reflection: {e}")))?;
+
+    let auth = grpc::authenticator(verifier);
+    let limit = config.max_message_bytes + 1024;
+    macro_rules! guarded {
+        ($module:ident :: $server:ident, $svc:expr) => {
+            InterceptedService::new(
+                pb::$module::$server::new($svc).max_decoding_message_size(limit).max_encoding_message_size(16 << 20),
+                auth.clone(),
+            )
+        };
+    }
+    let router = tonic::transport::Server::builder()
+        .layer(SizeLimitLayer::new(config.max_message_bytes))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(guarded!(user_service_server::UserServiceServer, grpc::users::Users(app.clone())))
+        .add_service(guarded!(account_service_server::AccountServiceServer, grpc::accounts::Accounts(app.clone())))
+        .add_service(guarded!(invitation_service_server::InvitationServiceServer, grpc::invitations::Invitations(app.clone())))
+        .add_service(guarded!(access_service_server::AccessServiceServer, grpc::access::Access(app.clone())))
+        .add_service(guarded!(catalog_service_server::CatalogServiceServer, grpc::catalog::CatalogApi(app.clone())))
+        .add_service(guarded!(hosting_service_server::HostingServiceServer, grpc::hosting::Hosting(app.clone())))
+        .add_service(guarded!(billing_service_server::BillingServiceServer, grpc::billing::Billing(app.clone())))
+        .add_service(guarded!(notification_service_server::NotificationServiceServer, grpc::notifications::Notifications(app.clone())))
+        .add_service(guarded!(audit_service_server::AuditServiceServer, grpc::audit::Audit(app.clone())));
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = shutdown_rx.await;
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("server failed: {e}")))
+    });
+    tracing::info!(%addr, "onbehalf listening");
+    Ok(RunningServer { addr, shutdown: Some(shutdown_tx), handle })
+}
