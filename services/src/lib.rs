@@ -1,10 +1,20 @@
 //! onbehalf: an event-sourced delegation service.
 //!
 //! This crate holds the write side (aggregates and the command executor), the event stores,
-//! the gRPC server and the command-line interface.
+//! the read side that feeds the projections, the gRPC server and the command-line interface.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations, rust_2018_idioms)]
 
+pub mod auth;
+pub mod clock;
+pub mod domain;
+pub mod error;
+pub mod executor;
+pub mod grpc;
+pub mod limit;
+pub mod read;
+pub mod server;
 pub mod store;
 pub mod testing;
+pub mod tokens;
