@@ -67,6 +67,9 @@ CREATE TABLE requests (
 );
 "#];
 
+/// Server-side limit on how long a session may sit idle inside an open transaction.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "-c idle_in_transaction_session_timeout=30000";
+
 /// The name PostgreSQL gives the `UNIQUE` constraint on `events.event_id` in the schema above.
 const EVENT_ID_CONSTRAINT: &str = "events_event_id_key";
 
@@ -144,6 +147,13 @@ impl PostgresStore {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Backend(Box::new(e)))?;
         config.connect_timeout(options.connect_timeout);
+        // An append holds the head lock for its whole transaction; a session that stalls inside
+        // one must not stall every writer for longer than this.
+        let session_options = match config.get_options() {
+            Some(existing) => format!("{existing} {IDLE_IN_TRANSACTION_TIMEOUT}"),
+            None => IDLE_IN_TRANSACTION_TIMEOUT.to_owned(),
+        };
+        config.options(session_options);
         // Keepalives and the user timeout let a connection whose server vanished without
         // closing it (a network partition) fail instead of waiting forever.
         // LIMITATION: there is no per-call deadline; a server whose host still acknowledges TCP
