@@ -120,7 +120,7 @@ impl SqliteStore {
 
     /// The schema version the database is at after [`SqliteStore::open`].
     pub async fn schema_version(&self) -> StoreResult<u32> {
-        self.with_reader(|conn| current_schema_version(conn)).await
+        self.with_reader(current_schema_version).await
     }
 
     async fn with_reader<T, F>(&self, f: F) -> StoreResult<T>
