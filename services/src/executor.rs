@@ -128,6 +128,8 @@ impl Executor {
         F: Fn(&A) -> Result<T>,
     {
         let actor_key = execution.metadata.actor.to_string();
+        let mut execution = execution;
+        execution.metadata.request_id = execution.idempotency.as_ref().map(|k| k.request_id.clone());
         if let Some(key) = &execution.idempotency {
             if let Some(stored) = self.store.find_request(&actor_key, &key.request_id).await? {
                 return replay(key, stored.request_hash, stored.outcome, stored.position);

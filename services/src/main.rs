@@ -1,1 +1,201 @@
-fn main(){}
+//! The `onbehalf` command: run the server, mint development tokens, run the demo.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use onbehalf::auth::{self, Signer};
+use onbehalf::clock::{Clock, SystemClock};
+use onbehalf::grpc::Settings;
+use onbehalf::server::{self, ServerConfig};
+
+/// onbehalf: an event-sourced delegation service for agencies acting on their clients' behalf.
+#[derive(Debug, Parser)]
+#[command(name = "onbehalf", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve(ServeArgs),
+    /// Print a bearer token signed with the data directory's key or a given key.
+    Token(TokenArgs),
+    /// Run the agency walkthrough against a running server and print a report.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Data directory: the embedded log, development keys and the invitation secret.
+    #[arg(long, default_value = "./onbehalf-data", env = "ONBEHALF_DATA_DIR")]
+    data_dir: PathBuf,
+    /// PostgreSQL URL; when given, the log lives in PostgreSQL instead of the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Expected issuer (`iss`) of bearer tokens.
+    #[arg(long, default_value = auth::DEFAULT_ISSUER)]
+    issuer: String,
+    /// Expected audience (`aud`) of bearer tokens.
+    #[arg(long, default_value = auth::DEFAULT_ISSUER)]
+    audience: String,
+    /// An extra verification key, a file named `<kid>.pub.pem`; repeat for several.
+    #[arg(long = "verification-key")]
+    verification_keys: Vec<PathBuf>,
+    /// File with the invitation MAC secret (created if missing); default `<data dir>/invitation.secret`.
+    #[arg(long)]
+    invitation_secret_file: Option<PathBuf>,
+    /// The client-area page that accepts invitations; the token is appended as `?token=`.
+    #[arg(long, default_value = "http://localhost:8080/invitations/accept")]
+    accept_url_base: String,
+    /// Days an invitation stays acceptable.
+    #[arg(long, default_value_t = 7)]
+    invitation_ttl_days: u32,
+    /// Longest wait, in milliseconds, for a read's `min_position`.
+    #[arg(long, default_value_t = 5000)]
+    max_wait_ms: u64,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_message_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// Mint a token for this user id.
+    #[arg(long, conflicts_with = "service", required_unless_present = "service")]
+    user: Option<uuid::Uuid>,
+    /// Mint a token for the service `service:<name>`.
+    #[arg(long)]
+    service: Option<String>,
+    /// Space-separated scopes, for a service token.
+    #[arg(long, requires = "service", default_value = "")]
+    scope: String,
+    /// Data directory whose development key signs the token.
+    #[arg(long, default_value = "./onbehalf-data", env = "ONBEHALF_DATA_DIR")]
+    data_dir: PathBuf,
+    /// A private key file `<kid>.key.pem` to sign with instead.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+    /// How long the token is valid: seconds, or a number with `s`, `m`, `h` or `d`.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: chrono::Duration,
+    /// Issuer (`iss`).
+    #[arg(long, default_value = auth::DEFAULT_ISSUER)]
+    issuer: String,
+    /// Audience (`aud`).
+    #[arg(long, default_value = auth::DEFAULT_ISSUER)]
+    audience: String,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// The server, e.g. `http://127.0.0.1:50051`.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// The server's data directory, whose development key signs the demo's tokens.
+    #[arg(long, default_value = "./onbehalf-data")]
+    data_dir: PathBuf,
+}
+
+fn parse_ttl(raw: &str) -> Result<chrono::Duration, String> {
+    let (digits, unit) = match raw.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&raw[..i], c),
+        _ => (raw, 's'),
+    };
+    let n: i64 = digits.parse().map_err(|_| format!("`{raw}` is not a duration such as 90s, 15m, 1h or 2d"))?;
+    if n <= 0 {
+        return Err("the duration must be positive".into());
+    }
+    match unit {
+        's' => Ok(chrono::Duration::seconds(n)),
+        'm' => Ok(chrono::Duration::minutes(n)),
+        'h' => Ok(chrono::Duration::hours(n)),
+        'd' => Ok(chrono::Duration::days(n)),
+        _ => Err(format!("unknown unit `{unit}`; use s, m, h or d")),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = ServerConfig::new(args.data_dir);
+    config.listen = args.listen;
+    config.database_url = args.database_url;
+    config.issuer = args.issuer;
+    config.audience = args.audience;
+    config.verification_keys = args.verification_keys;
+    config.invitation_secret_file = args.invitation_secret_file;
+    config.accept_url_base = args.accept_url_base;
+    config.max_message_bytes = args.max_message_bytes;
+    config.settings = Settings {
+        invitation_ttl: chrono::Duration::days(i64::from(args.invitation_ttl_days)),
+        max_wait: std::time::Duration::from_millis(args.max_wait_ms),
+    };
+    let running = server::spawn(config).await.map_err(|e| e.to_string())?;
+    running
+        .run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn token(args: TokenArgs) -> Result<(), String> {
+    let path = match args.signing_key {
+        Some(path) => path,
+        None => auth::find_signing_key(&auth::keys_dir(&args.data_dir))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "no signing key in {}; start `onbehalf serve --data-dir {}` once, or pass --signing-key",
+                    auth::keys_dir(&args.data_dir).display(),
+                    args.data_dir.display()
+                )
+            })?,
+    };
+    let signer = Signer::load(&path, &args.issuer, &args.audience).map_err(|e| e.to_string())?;
+    let (sub, scope) = match (args.user, args.service) {
+        (Some(user), _) => (user.to_string(), None),
+        (None, Some(service)) => (format!("service:{service}"), Some(args.scope)),
+        (None, None) => return Err("give --user or --service".into()),
+    };
+    let token = signer
+        .sign(&sub, scope.as_deref().filter(|s| !s.is_empty()), SystemClock.now(), args.ttl)
+        .map_err(|e| e.to_string())?;
+    println!("{token}");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            serve(args).await
+        }
+        Command::Token(args) => token(args),
+        Command::Demo(args) => onbehalf::demo::run(&args.server, &args.data_dir).await.map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("onbehalf: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
