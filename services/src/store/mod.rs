@@ -86,6 +86,8 @@ pub struct AppendBatch {
     /// The stream, e.g. `account-<uuid>`.
     pub stream_id: String,
     /// The aggregate type of the stream.
+    // LIMITATION: backends store it per event and do not check it matches the stream's earlier
+    // events; the aggregate layer is trusted to name streams and types consistently.
     pub stream_type: String,
     /// The stream version the command was decided on (0 for a new stream). The append fails with
     /// [`StoreError::Conflict`] if the stream has moved on.
