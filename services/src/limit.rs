@@ -1,4 +1,5 @@
-//! Refuses request messages over a configured size with `RESOURCE_EXHAUSTED`.
+//! Refuses request messages over a configured size with `RESOURCE_EXHAUSTED`, and opens the
+//! tracing span of each RPC (method, actor, account and request id).
 //!
 //! tonic's own decoding limit answers `OUT_OF_RANGE`; the gRPC specification and our error
 //! contract call for `RESOURCE_EXHAUSTED`, so the limit is enforced here, before decoding, and
@@ -62,7 +63,13 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limit = self.limit;
-        let span = tracing::info_span!("rpc", method = %request.uri().path());
+        let span = tracing::info_span!(
+            "rpc",
+            method = %request.uri().path(),
+            actor = tracing::field::Empty,
+            account_id = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+        );
         Box::pin(tracing::Instrument::instrument(
             async move {
                 let (parts, body) = request.into_parts();

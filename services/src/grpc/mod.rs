@@ -103,6 +103,7 @@ impl App {
                 .map(|v| v.chars().take(256).collect::<String>())
                 .filter(|v| !v.is_empty())
         };
+        tracing::Span::current().record("actor", tracing::field::display(&caller.actor));
         let mut metadata = Metadata::new(caller.actor.clone());
         metadata.client_address = header("x-client-address");
         metadata.user_agent = header("x-end-user-agent");
@@ -167,6 +168,11 @@ impl App {
         T: Serialize + DeserializeOwned,
         F: Fn(&ClientAccount) -> Result<T>,
     {
+        let span = tracing::Span::current();
+        span.record("account_id", tracing::field::display(account_id));
+        if let Some(key) = &idempotency {
+            span.record("request_id", key.request_id.as_str());
+        }
         let mut metadata = call.metadata.clone();
         metadata.on_behalf_of = Some(account_id);
         metadata.permission = body.required_permission().filter(|_| call.caller.actor.user_id().is_some());
