@@ -9,7 +9,7 @@ use cqrs_es::test::TestFramework;
 use onbehalf::domain::{AccountCommand, ClientAccount, Command, CommandContext, DomainError};
 use onbehalf_events::account::{InvoiceKind, InvoiceLine, RemovalReason};
 use onbehalf_events::values::{
-    BillingCycle, Currency, DomainName, Email, Money, Name, ProductKind, Tld,
+    BillingCycle, Currency, DomainName, Email, Money, Name, ProductKind,
 };
 use onbehalf_events::{AccountEvent, Actor, Permission, PermissionSet, Price, Product};
 use uuid::Uuid;
@@ -102,19 +102,6 @@ fn hosting_product() -> Product {
         prices: vec![Price {
             billing_cycle: BillingCycle::Monthly,
             amount: tzs(1_500_000),
-        }],
-    }
-}
-
-fn domain_product() -> Product {
-    Product {
-        product_id: DOMAIN_PRODUCT,
-        name: name(".co.tz Domain"),
-        kind: ProductKind::Domain,
-        tld: Some(Tld::parse(".co.tz").expect("valid tld")),
-        prices: vec![Price {
-            billing_cycle: BillingCycle::Annually,
-            amount: tzs(3_000_000),
         }],
     }
 }
