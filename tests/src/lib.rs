@@ -105,8 +105,8 @@ pub enum Backend {
 
 /// The real server on `127.0.0.1:<free port>`, with its own log, keys and clock.
 ///
-/// Dropping it stops the server with the test's runtime and removes its data directory and
-/// database.
+/// Dropping it removes its data directory and its database (ending the server's sessions
+/// there); the server task itself ends with the test's runtime.
 pub struct TestServer {
     /// The clock every decision of the server reads; tests move it with `advance`.
     pub clock: ManualClock,
@@ -137,7 +137,7 @@ impl TestServer {
     ///
     /// Panics if it cannot start: no test can run without it.
     pub async fn sqlite() -> TestServer {
-        Self::start(Backend::Sqlite, None, |_| {}).await
+        Self::start(Backend::Sqlite, None).await
     }
 
     /// A server whose log is a fresh PostgreSQL database, or `None` (after printing
@@ -145,27 +145,10 @@ impl TestServer {
     /// `1`.
     pub async fn postgres() -> Option<TestServer> {
         let database = postgres_test_database().await?;
-        Some(Self::start(Backend::Postgres, Some(database), |_| {}).await)
+        Some(Self::start(Backend::Postgres, Some(database)).await)
     }
 
-    /// A server on `backend` whose configuration `adjust` changes before it starts; `None` as
-    /// for [`TestServer::postgres`].
-    pub async fn on(
-        backend: Backend,
-        adjust: impl FnOnce(&mut ServerConfig),
-    ) -> Option<TestServer> {
-        let database = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(postgres_test_database().await?),
-        };
-        Some(Self::start(backend, database, adjust).await)
-    }
-
-    async fn start(
-        backend: Backend,
-        database: Option<TestDatabase>,
-        adjust: impl FnOnce(&mut ServerConfig),
-    ) -> TestServer {
+    async fn start(backend: Backend, database: Option<TestDatabase>) -> TestServer {
         let data_dir = TempDataDir::new();
         let clock = ManualClock::new(start_time());
         let mut config = ServerConfig::new(data_dir.path());
@@ -174,7 +157,6 @@ impl TestServer {
         config.clock = Arc::new(clock.clone());
         config.settings.max_wait = MAX_WAIT;
         config.max_message_bytes = MAX_MESSAGE_BYTES;
-        adjust(&mut config);
 
         let running = server::spawn(config.clone())
             .await

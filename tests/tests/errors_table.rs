@@ -1223,6 +1223,9 @@ async fn postgres_admin() -> tokio_postgres::Client {
 }
 
 /// Refuses new sessions to `database` and ends the open ones, or lets sessions in again.
+///
+/// Once refused, it waits until the server has no session left there and the server's side of
+/// each has had time to see its socket close, so that the next call must open a new session.
 async fn set_reachable(admin: &tokio_postgres::Client, database: &str, reachable: bool) {
     admin
         .batch_execute(&format!(
@@ -1230,16 +1233,32 @@ async fn set_reachable(admin: &tokio_postgres::Client, database: &str, reachable
         ))
         .await
         .expect("the database's connection setting changes");
-    if !reachable {
-        admin
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+    if reachable {
+        return;
+    }
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&database],
+        )
+        .await
+        .expect("the database's sessions end");
+    for _ in 0..100 {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
                 &[&database],
             )
             .await
-            .expect("the database's sessions end");
+            .expect("the sessions are counted");
+        if row.get::<_, i64>(0) == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    panic!("sessions to {database} did not end");
 }
 
 #[tokio::test]

@@ -541,10 +541,7 @@ async fn a_domain_renewal_is_due_at_the_next_due_date_and_paying_it_moves_that_d
     assert_ne!(next.invoice_id, renewed.invoice_id);
     let ledger = invoices(&star.owner, &star.account_id, next.position).await;
     assert_eq!(
-        ledger
-            .invoices
-            .last()
-            .map(|i| (i.number, i.due_date.clone())),
+        ledger.invoices.last().map(|i| (i.number, i.due_date)),
         Some((3, Some(date(2027, 3, 3))))
     );
 }
@@ -743,7 +740,7 @@ async fn abc_sees_the_designer_act_on_its_behalf_then_removes_it_and_keeps_every
     assert_eq!(
         abc_services
             .iter()
-            .map(|s| (s.service_id.as_str(), s.status, s.next_due_date.clone()))
+            .map(|s| (s.service_id.as_str(), s.status, s.next_due_date))
             .collect::<Vec<_>>(),
         vec![(
             ordered.service_id.as_str(),
