@@ -45,19 +45,30 @@ async fn health_reports_serving_without_a_token() {
 }
 
 #[tokio::test]
-async fn reflection_lists_every_onbehalf_service() {
+async fn reflection_lists_every_onbehalf_service_while_the_request_stream_is_open() {
     let dir = TempDataDir::new();
     let (server, channel) = start(&dir).await;
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter(vec![request]))
+    // The request stream stays open while the answer is awaited, as interactive clients do.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(request).await.expect("queued");
+    let answer = async {
+        let mut responses = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("reflection answers")
+            .into_inner();
+        responses.next().await
+    };
+    let response = tokio::time::timeout(std::time::Duration::from_secs(5), answer)
         .await
-        .expect("reflection answers")
-        .into_inner();
-    let response = responses.next().await.expect("one response").expect("no error");
+        .expect("answered while the request stream is still open")
+        .expect("one response")
+        .expect("no error");
+    drop(tx);
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection answer: {response:?}");
     };
