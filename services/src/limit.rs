@@ -70,8 +70,14 @@ where
             account_id = tracing::field::Empty,
             request_id = tracing::field::Empty,
         );
+        // Only onbehalf's own RPCs are unary; reflection is a bidirectional stream whose
+        // request body stays open, so buffering it would stall the client.
+        let unary = request.uri().path().starts_with("/onbehalf.v1.");
         Box::pin(tracing::Instrument::instrument(
             async move {
+                if !unary {
+                    return inner.call(request).await;
+                }
                 let (parts, body) = request.into_parts();
                 // LIMITATION: request bodies are buffered whole (up to the limit), which suits the unary RPCs this server has; client streaming would need a per-message check.
                 match Limited::new(body, limit).collect().await {
