@@ -283,6 +283,14 @@ impl BillingCycle {
         from.checked_add_months(Months::new(self.months())).unwrap_or(NaiveDate::MAX)
     }
 
+    /// The date `n` cycles after `anchor`, clamped to the month's last day.
+    ///
+    /// Counting from the anchor keeps the day of the month: a service ordered on 31 January is
+    /// due on 28 February, then 31 March, not 28 March.
+    pub fn after(self, anchor: NaiveDate, n: u32) -> NaiveDate {
+        anchor.checked_add_months(Months::new(self.months().saturating_mul(n))).unwrap_or(NaiveDate::MAX)
+    }
+
     /// The cycle's name as used in the log and the API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -350,6 +358,7 @@ mod tests {
         let d = NaiveDate::from_ymd_opt(2026, 1, 31).unwrap();
         assert_eq!(BillingCycle::Monthly.advance(d), NaiveDate::from_ymd_opt(2026, 2, 28).unwrap());
         assert_eq!(BillingCycle::Triennially.advance(d), NaiveDate::from_ymd_opt(2029, 1, 31).unwrap());
+        assert_eq!(BillingCycle::Monthly.after(d, 2), NaiveDate::from_ymd_opt(2026, 3, 31).unwrap());
         assert!(BillingCycle::Biennially.is_yearly());
         assert!(!BillingCycle::SemiAnnually.is_yearly());
     }

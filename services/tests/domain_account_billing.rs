@@ -1302,3 +1302,65 @@ async fn a_restored_snapshot_refuses_an_overpayment_on_the_remaining_balance() {
     assert_eq!(from_snapshot, refusal);
     assert_eq!(unchanged, restored);
 }
+
+#[test]
+fn due_dates_count_from_the_order_date_so_the_31st_comes_back_after_february() {
+    let ordered_on = day(2026, 1, 31);
+    let given = vec![
+        created(),
+        service_ordered(
+            HOSTING,
+            &hosting_product(),
+            None,
+            BillingCycle::Monthly,
+            1_500_000,
+            ordered_on,
+            day(2026, 2, 28),
+        ),
+        invoice_issued(
+            RENEWAL_INVOICE,
+            HOSTING,
+            renewal(day(2026, 2, 28)),
+            "Starter Hosting (2026-02-28 - 2026-03-30)",
+            1_500_000,
+            day(2026, 2, 20),
+            day(2026, 2, 28),
+        ),
+    ];
+    account()
+        .given(given)
+        .when(owner_at(at(2026, 2, 21), pay(RENEWAL_INVOICE, PAYMENT, 1_500_000)))
+        .then_expect_events(vec![
+            payment_received(RENEWAL_INVOICE, PAYMENT, 1_500_000),
+            AccountEvent::InvoicePaid { invoice_id: RENEWAL_INVOICE },
+            AccountEvent::ServiceRenewed { service_id: HOSTING, next_due_date: day(2026, 3, 31) },
+        ]);
+}
+
+#[test]
+fn a_free_product_is_settled_as_it_is_ordered() {
+    let mut free = hosting_product();
+    free.prices = vec![price(BillingCycle::Monthly, 0)];
+    account()
+        .given(vec![created()])
+        .when(owner(AccountCommand::OrderService {
+            service_id: HOSTING,
+            invoice_id: HOSTING_INVOICE,
+            product: free.clone(),
+            domain: None,
+            billing_cycle: BillingCycle::Monthly,
+        }))
+        .then_expect_events(vec![
+            service_ordered(HOSTING, &free, None, BillingCycle::Monthly, 0, today(), day(2026, 4, 3)),
+            invoice_issued(
+                HOSTING_INVOICE,
+                HOSTING,
+                InvoiceKind::Order,
+                "Starter Hosting (2026-03-03 - 2026-04-02)",
+                0,
+                today(),
+                today(),
+            ),
+            AccountEvent::InvoicePaid { invoice_id: HOSTING_INVOICE },
+        ]);
+}

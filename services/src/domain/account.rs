@@ -211,12 +211,23 @@ pub struct ServiceState {
     pub amount_minor: i64,
     /// Currency of the price.
     pub currency: Currency,
+    /// The order date, from which every due date is counted.
+    pub ordered_on: NaiveDate,
+    /// How many cycles are paid for or billed at order (the first is the order's).
+    pub periods: u32,
     /// When the next cycle starts.
     pub next_due_date: NaiveDate,
     /// Whether it was cancelled.
     pub cancelled: bool,
     /// Renewal invoices by the first day of the cycle they bill.
     pub renewals: BTreeMap<NaiveDate, Uuid>,
+}
+
+impl ServiceState {
+    /// The end of the cycle that starts at the next due date, counted from the order date.
+    pub fn next_period_end(&self) -> NaiveDate {
+        self.billing_cycle.after(self.ordered_on, self.periods + 1)
+    }
 }
 
 /// The status of an invoice on the write side.
@@ -445,6 +456,16 @@ impl ClientAccount {
                 if invitation.status != InvitationStatus::Pending {
                     return Err(DomainError::precondition("only a pending invitation can be sent again"));
                 }
+                let key = invitation.email.key();
+                let newer_open = self
+                    .invitations
+                    .iter()
+                    .any(|(id, i)| *id != invitation_id && i.email.key() == key && i.is_open(now));
+                if newer_open {
+                    return Err(DomainError::AlreadyExists(
+                        "another pending invitation for that email exists".into(),
+                    ));
+                }
                 Ok(vec![AccountEvent::InvitationResent {
                     invitation_id,
                     generation: invitation.generation + 1,
@@ -548,12 +569,15 @@ impl ClientAccount {
                 if service.renewals.contains_key(&period_start) {
                     return Ok(vec![]);
                 }
-                let period_end = service.billing_cycle.advance(period_start);
+                if self.invoices.contains_key(&invoice_id) {
+                    return Err(DomainError::AlreadyExists("invoice id is taken".into()));
+                }
+                let period_end = service.next_period_end();
                 let line = InvoiceLine {
                     description: describe_line(service, period_start, period_end),
                     amount_minor: service.amount_minor,
                 };
-                Ok(vec![AccountEvent::InvoiceIssued {
+                let mut events = vec![AccountEvent::InvoiceIssued {
                     invoice_id,
                     service_id,
                     kind: InvoiceKind::Renewal { period_start },
@@ -562,7 +586,13 @@ impl ClientAccount {
                     currency: service.currency.clone(),
                     issued_on: today,
                     due_date: period_start,
-                }])
+                }];
+                if service.amount_minor == 0 {
+                    // Nothing can be paid on a free invoice, so it is settled as it is issued.
+                    events.push(AccountEvent::InvoicePaid { invoice_id });
+                    events.push(AccountEvent::ServiceRenewed { service_id, next_due_date: period_end });
+                }
+                Ok(events)
             }
             AccountCommand::CancelService { service_id } => {
                 self.require_permission(ctx, Permission::Orders, false)?;
@@ -570,6 +600,7 @@ impl ClientAccount {
                 if service.cancelled {
                     return Err(DomainError::precondition("service is already cancelled"));
                 }
+                // LIMITATION: a part-paid invoice is cancelled like an unpaid one; what was already paid is not credited or refunded.
                 let mut events: Vec<AccountEvent> = self
                     .invoices
                     .iter()
@@ -655,6 +686,8 @@ impl ClientAccount {
             billing_cycle,
             amount_minor: price.amount_minor,
             currency: price.currency.clone(),
+            ordered_on: today,
+            periods: 1,
             next_due_date,
             cancelled: false,
             renewals: BTreeMap::new(),
@@ -673,7 +706,12 @@ impl ClientAccount {
             issued_on: today,
             due_date: today,
         };
-        Ok(vec![ordered, issued])
+        let mut events = vec![ordered, issued];
+        if price.amount_minor == 0 {
+            // Nothing can be paid on a free invoice, so it is settled as it is issued.
+            events.push(AccountEvent::InvoicePaid { invoice_id });
+        }
+        Ok(events)
     }
 
     fn decide_payment(
@@ -709,7 +747,7 @@ impl ClientAccount {
                 if service.next_due_date == period_start && !service.cancelled {
                     events.push(AccountEvent::ServiceRenewed {
                         service_id: invoice.service_id,
-                        next_due_date: service.billing_cycle.advance(period_start),
+                        next_due_date: service.next_period_end(),
                     });
                 }
             }
@@ -811,6 +849,7 @@ impl Aggregate for ClientAccount {
                 billing_cycle,
                 amount_minor,
                 currency,
+                ordered_on,
                 next_due_date,
                 ..
             } => {
@@ -823,6 +862,8 @@ impl Aggregate for ClientAccount {
                         billing_cycle,
                         amount_minor,
                         currency,
+                        ordered_on,
+                        periods: 1,
                         next_due_date,
                         cancelled: false,
                         renewals: BTreeMap::new(),
@@ -861,6 +902,7 @@ impl Aggregate for ClientAccount {
             AccountEvent::ServiceRenewed { service_id, next_due_date } => {
                 if let Some(s) = self.services.get_mut(&service_id) {
                     s.next_due_date = next_due_date;
+                    s.periods += 1;
                 }
             }
             AccountEvent::ServiceCancelled { service_id } => {

@@ -107,8 +107,11 @@ impl App {
         let mut metadata = Metadata::new(caller.actor.clone());
         metadata.client_address = header("x-client-address");
         metadata.user_agent = header("x-end-user-agent");
+        // tonic cancels the call when the caller's own deadline passes, so the wait ends a
+        // little earlier, leaving time to answer DEADLINE_EXCEEDED before that.
         let wait = grpc_timeout(request.metadata()).map_or(self.0.settings.max_wait, |t| {
-            t.min(self.0.settings.max_wait)
+            let margin = (t / 10).clamp(Duration::from_millis(5), Duration::from_millis(200));
+            t.saturating_sub(margin).min(self.0.settings.max_wait)
         });
         Ok(Call { caller, metadata, deadline: Instant::now() + wait })
     }

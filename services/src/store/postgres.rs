@@ -431,7 +431,10 @@ impl PostgresStore {
 fn map_pool_err(err: PoolError) -> StoreError {
     match err {
         PoolError::NoRuntimeSpecified => StoreError::Backend(Box::new(err)),
-        PoolError::Backend(e) => map_err(e),
+        // The pool recycles broken connections itself; a backend error here comes from
+        // opening a new one, so whatever the server said (refused, not accepting connections,
+        // authentication), the store cannot be reached now.
+        PoolError::Backend(e) => StoreError::Unavailable(Box::new(e)),
         PoolError::Timeout(_) | PoolError::Closed | PoolError::PostCreateHook(_) => {
             StoreError::Unavailable(Box::new(err))
         }
