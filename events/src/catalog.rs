@@ -24,7 +24,10 @@ pub struct Product {
 impl Product {
     /// The price for `cycle`, if the product is sold with it.
     pub fn price(&self, cycle: BillingCycle) -> Option<&Money> {
-        self.prices.iter().find(|p| p.billing_cycle == cycle).map(|p| &p.amount)
+        self.prices
+            .iter()
+            .find(|p| p.billing_cycle == cycle)
+            .map(|p| &p.amount)
     }
 }
 

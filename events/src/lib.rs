@@ -7,7 +7,12 @@
 //! were already decided.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, missing_debug_implementations, rust_2018_idioms)]
+#![warn(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    rust_2018_idioms
+)]
 
 pub mod account;
 pub mod actor;

@@ -169,7 +169,10 @@ mod tests {
     fn every_permission_round_trips_through_its_name() {
         for p in Permission::ALL {
             assert_eq!(p.as_str().parse::<Permission>(), Ok(p));
-            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{}\"", p.as_str()));
+            assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                format!("\"{}\"", p.as_str())
+            );
         }
     }
 
@@ -181,6 +184,9 @@ mod tests {
 
     #[test]
     fn unknown_names_are_rejected() {
-        assert_eq!("ADMIN".parse::<Permission>(), Err(UnknownPermission("ADMIN".into())));
+        assert_eq!(
+            "ADMIN".parse::<Permission>(),
+            Err(UnknownPermission("ADMIN".into()))
+        );
     }
 }

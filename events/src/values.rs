@@ -43,12 +43,18 @@ impl Email {
         if has_control(s) || s.chars().any(char::is_whitespace) {
             return Err(invalid("must not contain spaces or control characters"));
         }
-        let (local, domain) = s.rsplit_once('@').ok_or_else(|| invalid("must contain `@`"))?;
+        let (local, domain) = s
+            .rsplit_once('@')
+            .ok_or_else(|| invalid("must contain `@`"))?;
         if local.is_empty() || local.contains('@') || local.chars().count() > 64 {
-            return Err(invalid("must have one `@` after a local part of 1 to 64 characters"));
+            return Err(invalid(
+                "must have one `@` after a local part of 1 to 64 characters",
+            ));
         }
         if !is_domain_like(domain) {
-            return Err(invalid("must have a domain such as `example.com` after `@`"));
+            return Err(invalid(
+                "must have a domain such as `example.com` after `@`",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -132,10 +138,14 @@ impl DomainName {
             return Err(invalid("must not be empty"));
         }
         if !s.is_ascii() {
-            return Err(invalid("must be ASCII; write internationalised names as `xn--` labels"));
+            return Err(invalid(
+                "must be ASCII; write internationalised names as `xn--` labels",
+            ));
         }
         if !is_domain_like(&s) {
-            return Err(invalid("must be labels of letters, digits and hyphens joined by dots"));
+            return Err(invalid(
+                "must be labels of letters, digits and hyphens joined by dots",
+            ));
         }
         Ok(Self(s))
     }
@@ -172,7 +182,8 @@ impl Tld {
         let s = raw.trim().trim_start_matches('.').to_ascii_lowercase();
         if s.is_empty()
             || !s.is_ascii()
-            || s.split('.').any(|l| l.is_empty() || !l.chars().all(|c| c.is_alphanumeric() || c == '-'))
+            || s.split('.')
+                .any(|l| l.is_empty() || !l.chars().all(|c| c.is_alphanumeric() || c == '-'))
         {
             return Err(invalid("must be a suffix such as `.co.tz`"));
         }
@@ -227,7 +238,10 @@ impl Money {
         if amount_minor < 0 {
             return Err(invalid("must not be negative"));
         }
-        Ok(Self { amount_minor, currency })
+        Ok(Self {
+            amount_minor,
+            currency,
+        })
     }
 }
 
@@ -274,13 +288,14 @@ impl BillingCycle {
 
     /// Whether the cycle is a whole number of years (the only cycles domains take).
     pub fn is_yearly(self) -> bool {
-        self.months() % 12 == 0
+        self.months().is_multiple_of(12)
     }
 
     /// The date one cycle after `from`, clamped to the month's last day (31 January + 1 month
     /// is 28 or 29 February).
     pub fn advance(self, from: NaiveDate) -> NaiveDate {
-        from.checked_add_months(Months::new(self.months())).unwrap_or(NaiveDate::MAX)
+        from.checked_add_months(Months::new(self.months()))
+            .unwrap_or(NaiveDate::MAX)
     }
 
     /// The date `n` cycles after `anchor`, clamped to the month's last day.
@@ -288,7 +303,9 @@ impl BillingCycle {
     /// Counting from the anchor keeps the day of the month: a service ordered on 31 January is
     /// due on 28 February, then 31 March, not 28 March.
     pub fn after(self, anchor: NaiveDate, n: u32) -> NaiveDate {
-        anchor.checked_add_months(Months::new(self.months().saturating_mul(n))).unwrap_or(NaiveDate::MAX)
+        anchor
+            .checked_add_months(Months::new(self.months().saturating_mul(n)))
+            .unwrap_or(NaiveDate::MAX)
     }
 
     /// The cycle's name as used in the log and the API.
@@ -327,38 +344,71 @@ mod tests {
 
     #[test]
     fn malformed_emails_are_rejected() {
-        for bad in ["", "   ", "no-at-sign", "@abc.co.tz", "a@b", "a b@abc.co.tz", "a@@abc.co.tz", "a@abc..tz", "x\u{202E}@abc.co.tz"] {
+        for bad in [
+            "",
+            "   ",
+            "no-at-sign",
+            "@abc.co.tz",
+            "a@b",
+            "a b@abc.co.tz",
+            "a@@abc.co.tz",
+            "a@abc..tz",
+            "x\u{202E}@abc.co.tz",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
 
     #[test]
     fn internationalised_email_domains_are_accepted_as_given() {
-        assert_eq!(Email::parse("info@bücher.de").unwrap().as_str(), "info@bücher.de");
+        assert_eq!(
+            Email::parse("info@bücher.de").unwrap().as_str(),
+            "info@bücher.de"
+        );
     }
 
     #[test]
     fn names_refuse_control_characters_but_keep_quotes() {
         assert!(Name::parse("ABC\u{0007}").is_err());
-        assert_eq!(Name::parse(" O'Brien \"Ltd\"; DROP TABLE x; ").unwrap().as_str(), "O'Brien \"Ltd\"; DROP TABLE x;");
+        assert_eq!(
+            Name::parse(" O'Brien \"Ltd\"; DROP TABLE x; ")
+                .unwrap()
+                .as_str(),
+            "O'Brien \"Ltd\"; DROP TABLE x;"
+        );
     }
 
     #[test]
     fn domains_match_only_their_own_tld() {
         let tld = Tld::parse("co.tz").unwrap();
         assert_eq!(tld.as_str(), ".co.tz");
-        assert!(DomainName::parse("StarLogistics.co.tz").unwrap().is_under(&tld));
-        assert!(!DomainName::parse("starlogistics.com").unwrap().is_under(&tld));
-        assert!(!DomainName::parse("www.starlogistics.co.tz").unwrap().is_under(&tld));
+        assert!(DomainName::parse("StarLogistics.co.tz")
+            .unwrap()
+            .is_under(&tld));
+        assert!(!DomainName::parse("starlogistics.com")
+            .unwrap()
+            .is_under(&tld));
+        assert!(!DomainName::parse("www.starlogistics.co.tz")
+            .unwrap()
+            .is_under(&tld));
         assert!(!DomainName::parse("xco.tz").unwrap().is_under(&tld));
     }
 
     #[test]
     fn cycles_advance_by_calendar_months_clamped_to_month_end() {
         let d = NaiveDate::from_ymd_opt(2026, 1, 31).unwrap();
-        assert_eq!(BillingCycle::Monthly.advance(d), NaiveDate::from_ymd_opt(2026, 2, 28).unwrap());
-        assert_eq!(BillingCycle::Triennially.advance(d), NaiveDate::from_ymd_opt(2029, 1, 31).unwrap());
-        assert_eq!(BillingCycle::Monthly.after(d, 2), NaiveDate::from_ymd_opt(2026, 3, 31).unwrap());
+        assert_eq!(
+            BillingCycle::Monthly.advance(d),
+            NaiveDate::from_ymd_opt(2026, 2, 28).unwrap()
+        );
+        assert_eq!(
+            BillingCycle::Triennially.advance(d),
+            NaiveDate::from_ymd_opt(2029, 1, 31).unwrap()
+        );
+        assert_eq!(
+            BillingCycle::Monthly.after(d, 2),
+            NaiveDate::from_ymd_opt(2026, 3, 31).unwrap()
+        );
         assert!(BillingCycle::Biennially.is_yearly());
         assert!(!BillingCycle::SemiAnnually.is_yearly());
     }

@@ -88,7 +88,9 @@ impl Verifier {
         let mut decoding = HashMap::new();
         for (kid, pem) in keys {
             let key = DecodingKey::from_ed_pem(pem).map_err(|e| {
-                Error::Internal(format!("verification key `{kid}` is not an Ed25519 public key: {e}"))
+                Error::Internal(format!(
+                    "verification key `{kid}` is not an Ed25519 public key: {e}"
+                ))
             })?;
             decoding.insert(kid.clone(), key);
         }
@@ -98,7 +100,10 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = 30;
-        Ok(Self { keys: decoding, validation })
+        Ok(Self {
+            keys: decoding,
+            validation,
+        })
     }
 
     /// Loads every `*.pub.pem` file of `dir` as a key whose `kid` is the file name before
@@ -108,7 +113,12 @@ impl Verifier {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
-            Err(e) => return Err(Error::Internal(format!("cannot read {}: {e}", dir.display()))),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "cannot read {}: {e}",
+                    dir.display()
+                )))
+            }
         };
         for entry in entries {
             let path = entry.map_err(|e| Error::Internal(e.to_string()))?.path();
@@ -124,13 +134,20 @@ impl Verifier {
 
     /// Verifies `token` and names its caller, or says why it is refused.
     pub fn verify(&self, token: &str) -> Result<Caller> {
-        let unauthenticated = |why: &str| Error::Unauthenticated(format!("bearer token refused: {why}"));
-        let header = jsonwebtoken::decode_header(token).map_err(|_| unauthenticated("malformed"))?;
+        let unauthenticated =
+            |why: &str| Error::Unauthenticated(format!("bearer token refused: {why}"));
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| unauthenticated("malformed"))?;
         if header.alg != Algorithm::EdDSA {
             return Err(unauthenticated("algorithm must be EdDSA"));
         }
-        let kid = header.kid.ok_or_else(|| unauthenticated("no `kid` header"))?;
-        let key = self.keys.get(&kid).ok_or_else(|| unauthenticated("unknown `kid`"))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| unauthenticated("no `kid` header"))?;
+        let key = self
+            .keys
+            .get(&kid)
+            .ok_or_else(|| unauthenticated("unknown `kid`"))?;
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
@@ -139,7 +156,9 @@ impl Verifier {
                 ErrorKind::InvalidIssuer => unauthenticated("wrong issuer"),
                 ErrorKind::InvalidAudience => unauthenticated("wrong audience"),
                 ErrorKind::InvalidSignature => unauthenticated("bad signature"),
-                ErrorKind::MissingRequiredClaim(_) => unauthenticated("a required claim is missing"),
+                ErrorKind::MissingRequiredClaim(_) => {
+                    unauthenticated("a required claim is missing")
+                }
                 _ => unauthenticated("invalid"),
             }
         })?;
@@ -166,13 +185,18 @@ fn parse_subject(sub: &str) -> Option<Actor> {
     if let Some(name) = sub.strip_prefix("staff:") {
         return valid_name(name).then(|| Actor::Staff(name.to_owned()));
     }
-    Uuid::parse_str(sub).ok().filter(|id| !id.is_nil()).map(Actor::User)
+    Uuid::parse_str(sub)
+        .ok()
+        .filter(|id| !id.is_nil())
+        .map(Actor::User)
 }
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn kid_of(path: &Path, suffix: &str) -> Option<String> {
@@ -191,16 +215,24 @@ pub struct Signer {
 
 impl fmt::Debug for Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Signer").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
 impl Signer {
     /// A signer from a PEM-encoded (PKCS#8) Ed25519 private key.
     pub fn from_pem(kid: &str, pem: &[u8], issuer: &str, audience: &str) -> Result<Self> {
-        let key = EncodingKey::from_ed_pem(pem)
-            .map_err(|e| Error::Internal(format!("signing key is not an Ed25519 private key: {e}")))?;
-        Ok(Self { kid: kid.to_owned(), key, issuer: issuer.to_owned(), audience: audience.to_owned() })
+        let key = EncodingKey::from_ed_pem(pem).map_err(|e| {
+            Error::Internal(format!("signing key is not an Ed25519 private key: {e}"))
+        })?;
+        Ok(Self {
+            kid: kid.to_owned(),
+            key,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        })
     }
 
     /// Loads a signer from a `<kid>.key.pem` file.
@@ -214,7 +246,13 @@ impl Signer {
     }
 
     /// A token for `sub` with optional scopes, valid from `now` for `ttl`.
-    pub fn sign(&self, sub: &str, scope: Option<&str>, now: DateTime<Utc>, ttl: Duration) -> Result<String> {
+    pub fn sign(
+        &self,
+        sub: &str,
+        scope: Option<&str>,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<String> {
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -272,7 +310,12 @@ pub fn find_signing_key(dir: &Path) -> Result<Option<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::Internal(format!("cannot read {}: {e}", dir.display()))),
+        Err(e) => {
+            return Err(Error::Internal(format!(
+                "cannot read {}: {e}",
+                dir.display()
+            )))
+        }
     };
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -45,8 +45,13 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 struct Bearer(MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -83,7 +88,11 @@ impl As {
 }
 
 fn price(cycle: pb::BillingCycle, amount_minor: i64) -> pb::Price {
-    pb::Price { billing_cycle: cycle as i32, amount_minor, currency: "TZS".into() }
+    pb::Price {
+        billing_cycle: cycle as i32,
+        amount_minor,
+        currency: "TZS".into(),
+    }
 }
 
 fn permission_names(permissions: &[i32]) -> String {
@@ -105,7 +114,9 @@ fn money(amount_minor: i64, currency: &str) -> String {
 }
 
 fn date(d: &Option<pb::Date>) -> String {
-    d.as_ref().map_or_else(String::new, |d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
+    d.as_ref().map_or_else(String::new, |d| {
+        format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
+    })
 }
 
 /// Runs the walkthrough against `server` with tokens signed by `data_dir`'s key and prints
@@ -118,15 +129,22 @@ pub async fn run(server: &str, data_dir: &Path) -> Result<(), Error> {
 
 /// Runs the walkthrough and returns the report.
 pub async fn walkthrough(server: &str, data_dir: &Path) -> Result<String, Error> {
-    let key = auth::find_signing_key(&auth::keys_dir(data_dir))?
-        .ok_or_else(|| format!("no signing key under {}; is this the server's data directory?", data_dir.display()))?;
+    let key = auth::find_signing_key(&auth::keys_dir(data_dir))?.ok_or_else(|| {
+        format!(
+            "no signing key under {}; is this the server's data directory?",
+            data_dir.display()
+        )
+    })?;
     let signer = Signer::load(&key, auth::DEFAULT_ISSUER, auth::DEFAULT_ISSUER)?;
     let now = SystemClock.now();
     let ttl = chrono::Duration::hours(1);
     let channel = Channel::from_shared(server.to_owned())?.connect().await?;
 
     let scopes = "users:register catalog:write notifications:read audit:read";
-    let mut service = As::new(&channel, &signer.sign("service:demo", Some(scopes), now, ttl)?)?;
+    let mut service = As::new(
+        &channel,
+        &signer.sign("service:demo", Some(scopes), now, ttl)?,
+    )?;
 
     // The provider's catalogue.
     service
@@ -300,38 +318,71 @@ pub async fn walkthrough(server: &str, data_dir: &Path) -> Result<String, Error>
     report(&mut designer, &mut clients[0].2, &abc, head).await
 }
 
-async fn report(designer: &mut As, abc_owner: &mut As, abc: &str, head: u64) -> Result<String, Error> {
+async fn report(
+    designer: &mut As,
+    abc_owner: &mut As,
+    abc: &str,
+    head: u64,
+) -> Result<String, Error> {
     let mut out = String::new();
     let accounts = designer
         .accounts
-        .list_accessible_accounts(pb::ListAccessibleAccountsRequest { min_position: head, ..Default::default() })
+        .list_accessible_accounts(pb::ListAccessibleAccountsRequest {
+            min_position: head,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .accounts;
     writeln!(out, "Account switcher of {DESIGNER}")?;
     for a in &accounts {
         let role = pb::Role::try_from(a.role).map_or("?", |r| r.as_str_name());
-        writeln!(out, "  {:<18} {:<7} {}", a.name, role, permission_names(&a.permissions))?;
+        writeln!(
+            out,
+            "  {:<18} {:<7} {}",
+            a.name,
+            role,
+            permission_names(&a.permissions)
+        )?;
     }
 
     let services = designer
         .hosting
-        .list_services(pb::ListServicesRequest { account_id: abc.into(), min_position: head, ..Default::default() })
+        .list_services(pb::ListServicesRequest {
+            account_id: abc.into(),
+            min_position: head,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .services;
     writeln!(out, "\nABC Company: services")?;
     for s in &services {
         let status = pb::ServiceStatus::try_from(s.status).map_or("?", |s| s.as_str_name());
-        writeln!(out, "  {:<16} {:<12} {:<17} next due {}", s.product_name, s.domain, status, date(&s.next_due_date))?;
+        writeln!(
+            out,
+            "  {:<16} {:<12} {:<17} next due {}",
+            s.product_name,
+            s.domain,
+            status,
+            date(&s.next_due_date)
+        )?;
     }
 
     let invoices = designer
         .billing
-        .list_invoices(pb::ListInvoicesRequest { account_id: abc.into(), min_position: head, ..Default::default() })
+        .list_invoices(pb::ListInvoicesRequest {
+            account_id: abc.into(),
+            min_position: head,
+            ..Default::default()
+        })
         .await?
         .into_inner();
-    writeln!(out, "\nABC Company: invoices (balance {})", money(invoices.balance_minor, "TZS"))?;
+    writeln!(
+        out,
+        "\nABC Company: invoices (balance {})",
+        money(invoices.balance_minor, "TZS")
+    )?;
     for i in &invoices.invoices {
         let status = pb::InvoiceStatus::try_from(i.status).map_or("?", |s| s.as_str_name());
         writeln!(
@@ -379,8 +430,16 @@ async fn report(designer: &mut As, abc_owner: &mut As, abc: &str, head: u64) -> 
             .as_ref()
             .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32))
             .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
-        let who = if e.actor_email.is_empty() { e.actor_name.clone() } else { e.actor_email.clone() };
-        writeln!(out, "  {:>5}  {when}  {:<28} {:<22} {}", e.position, who, e.action, e.request_id)?;
+        let who = if e.actor_email.is_empty() {
+            e.actor_name.clone()
+        } else {
+            e.actor_email.clone()
+        };
+        writeln!(
+            out,
+            "  {:>5}  {when}  {:<28} {:<22} {}",
+            e.position, who, e.action, e.request_id
+        )?;
     }
     Ok(out)
 }

@@ -53,7 +53,10 @@ pub enum Error {
 impl Error {
     /// An invalid-argument error naming `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidArgument { field: field.into(), message: message.into() }
+        Error::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 

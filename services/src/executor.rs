@@ -81,8 +81,16 @@ pub struct Executor {
 
 impl Executor {
     /// An executor over `store`; every append is announced on `appended` with its position.
-    pub fn new(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>, appended: watch::Sender<u64>) -> Self {
-        Self { store, clock, appended }
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        appended: watch::Sender<u64>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            appended,
+        }
     }
 
     /// The store.
@@ -102,10 +110,17 @@ impl Executor {
         A: Aggregate,
     {
         let events = self.store.read_stream(stream_id, 0).await?;
-        let mut loaded = Loaded { aggregate: A::default(), version: 0, position: 0 };
+        let mut loaded = Loaded {
+            aggregate: A::default(),
+            version: 0,
+            position: 0,
+        };
         for stored in events {
             let event: A::Event = stored.decode().map_err(|e| {
-                Error::Internal(format!("event at position {} cannot be decoded: {e}", stored.position))
+                Error::Internal(format!(
+                    "event at position {} cannot be decoded: {e}",
+                    stored.position
+                ))
             })?;
             loaded.aggregate.apply(event);
             loaded.version = stored.version;
@@ -129,7 +144,8 @@ impl Executor {
     {
         let actor_key = execution.metadata.actor.to_string();
         let mut execution = execution;
-        execution.metadata.request_id = execution.idempotency.as_ref().map(|k| k.request_id.clone());
+        execution.metadata.request_id =
+            execution.idempotency.as_ref().map(|k| k.request_id.clone());
         if let Some(key) = &execution.idempotency {
             if let Some(stored) = self.store.find_request(&actor_key, &key.request_id).await? {
                 return replay(key, stored.request_hash, stored.outcome, stored.position);
@@ -139,11 +155,18 @@ impl Executor {
         for _attempt in 0..MAX_ATTEMPTS {
             let mut loaded: Loaded<A> = self.load(&execution.stream_id).await?;
             let sink = EventSink::default();
-            loaded.aggregate.handle(execution.command.clone(), &(), &sink).await?;
+            loaded
+                .aggregate
+                .handle(execution.command.clone(), &(), &sink)
+                .await?;
             let events = sink.collect().await;
             let value = outcome(&loaded.aggregate)?;
             if events.is_empty() {
-                return Ok(Executed { value, position: loaded.position, replayed: false });
+                return Ok(Executed {
+                    value,
+                    position: loaded.position,
+                    replayed: false,
+                });
             }
 
             let batch = self.batch::<A>(&execution, &actor_key, loaded.version, events, &value)?;
@@ -155,7 +178,11 @@ impl Executor {
                         position = appended.last_position,
                         "command accepted"
                     );
-                    return Ok(Executed { value, position: appended.last_position, replayed: false });
+                    return Ok(Executed {
+                        value,
+                        position: appended.last_position,
+                        replayed: false,
+                    });
                 }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(StoreError::DuplicateRequest(stored)) => {
@@ -236,5 +263,9 @@ fn replay<T: DeserializeOwned>(
     }
     let value = serde_json::from_value(outcome)
         .map_err(|e| Error::Internal(format!("stored outcome cannot be decoded: {e}")))?;
-    Ok(Executed { value, position, replayed: true })
+    Ok(Executed {
+        value,
+        position,
+        replayed: true,
+    })
 }

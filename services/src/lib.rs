@@ -4,7 +4,12 @@
 //! the read side that feeds the projections, the gRPC server and the command-line interface.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, missing_debug_implementations, rust_2018_idioms)]
+#![warn(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    rust_2018_idioms
+)]
 
 pub mod auth;
 pub mod clock;

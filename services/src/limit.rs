@@ -33,7 +33,10 @@ impl<S> Layer<S> for SizeLimitLayer {
     type Service = SizeLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SizeLimit { inner, limit: self.max_message_bytes + FRAME_HEADER }
+        SizeLimit {
+            inner,
+            limit: self.max_message_bytes + FRAME_HEADER,
+        }
     }
 }
 
@@ -85,14 +88,19 @@ where
                         let body = Body::new(http_body_util::Full::new(collected.to_bytes()));
                         inner.call(http::Request::from_parts(parts, body)).await
                     }
-                    Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    Err(e)
+                        if e.downcast_ref::<http_body_util::LengthLimitError>()
+                            .is_some() =>
+                    {
                         Ok(tonic::Status::resource_exhausted(format!(
                             "request message exceeds the limit of {} bytes",
                             limit - FRAME_HEADER
                         ))
                         .into_http())
                     }
-                    Err(e) => Ok(tonic::Status::cancelled(format!("request body failed: {e}")).into_http()),
+                    Err(e) => Ok(
+                        tonic::Status::cancelled(format!("request body failed: {e}")).into_http(),
+                    ),
                 }
             },
             span,

@@ -110,7 +110,9 @@ fn parse_ttl(raw: &str) -> Result<chrono::Duration, String> {
         Some((i, c)) if c.is_ascii_alphabetic() => (&raw[..i], c),
         _ => (raw, 's'),
     };
-    let n: i64 = digits.parse().map_err(|_| format!("`{raw}` is not a duration such as 90s, 15m, 1h or 2d"))?;
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a duration such as 90s, 15m, 1h or 2d"))?;
     if n <= 0 {
         return Err("the duration must be positive".into());
     }
@@ -127,7 +129,11 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -174,7 +180,12 @@ fn token(args: TokenArgs) -> Result<(), String> {
         (None, None) => return Err("give --user or --service".into()),
     };
     let token = signer
-        .sign(&sub, scope.as_deref().filter(|s| !s.is_empty()), SystemClock.now(), args.ttl)
+        .sign(
+            &sub,
+            scope.as_deref().filter(|s| !s.is_empty()),
+            SystemClock.now(),
+            args.ttl,
+        )
         .map_err(|e| e.to_string())?;
     println!("{token}");
     Ok(())
@@ -189,7 +200,9 @@ async fn main() -> ExitCode {
             serve(args).await
         }
         Command::Token(args) => token(args),
-        Command::Demo(args) => onbehalf::demo::run(&args.server, &args.data_dir).await.map_err(|e| e.to_string()),
+        Command::Demo(args) => onbehalf::demo::run(&args.server, &args.data_dir)
+            .await
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -199,4 +212,3 @@ async fn main() -> ExitCode {
         }
     }
 }
-

@@ -40,7 +40,10 @@ impl ReadSide {
         let models = Arc::new(RwLock::new(models));
         let (position_tx, position) = watch::channel(0);
         while feed_once(&*store, &models, &position_tx).await? > 0 {}
-        tracing::info!(position = *position_tx.borrow(), "read models rebuilt from the log");
+        tracing::info!(
+            position = *position_tx.borrow(),
+            "read models rebuilt from the log"
+        );
 
         let feed_models = models.clone();
         tokio::spawn(async move {
@@ -83,7 +86,8 @@ impl ReadSide {
     ) -> Result<T> {
         if min_position > 0 {
             let mut rx = self.position.clone();
-            let reached = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= min_position)).await;
+            let reached =
+                tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= min_position)).await;
             match reached {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Err(Error::Unavailable("read models stopped".into())),
@@ -95,7 +99,10 @@ impl ReadSide {
                 }
             }
         }
-        let guard = self.models.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = self
+            .models
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         Ok(read(&guard))
     }
 }

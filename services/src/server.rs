@@ -84,7 +84,9 @@ impl RunningServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        (&mut self.handle).await.map_err(|e| Error::Internal(format!("server task failed: {e}")))?
+        (&mut self.handle)
+            .await
+            .map_err(|e| Error::Internal(format!("server task failed: {e}")))?
     }
 
     /// Waits until the server ends by itself (an error) or `signal` completes.
@@ -108,8 +110,9 @@ pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn EventStore>> {
 
 /// Starts the server and returns once it listens.
 pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| Error::Internal(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        Error::Internal(format!("cannot create {}: {e}", config.data_dir.display()))
+    })?;
     let store = open_store(&config).await?;
 
     let (key_path, created) = auth::ensure_dev_keypair(&config.data_dir)?;
@@ -118,18 +121,26 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
     }
     let mut keys = Verifier::load_dir(&auth::keys_dir(&config.data_dir))?;
     for path in &config.verification_keys {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let kid = name.strip_suffix(".pub.pem").filter(|k| !k.is_empty()).ok_or_else(|| {
-            Error::Internal(format!("{} must be named `<kid>.pub.pem`", path.display()))
-        })?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let kid = name
+            .strip_suffix(".pub.pem")
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                Error::Internal(format!("{} must be named `<kid>.pub.pem`", path.display()))
+            })?;
         let pem = std::fs::read(path)
             .map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
         keys.push((kid.to_owned(), pem));
     }
     let verifier = Arc::new(Verifier::new(&config.issuer, &config.audience, &keys)?);
 
-    let secret_path =
-        config.invitation_secret_file.clone().unwrap_or_else(|| config.data_dir.join("invitation.secret"));
+    let secret_path = config
+        .invitation_secret_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("invitation.secret"));
     let secret = InvitationTokens::load_or_create_secret(&secret_path)?;
     let tokens = Arc::new(InvitationTokens::new(secret, &config.accept_url_base)?);
 
@@ -147,7 +158,9 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
     let incoming = TcpIncoming::from(listener);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<pb::account_service_server::AccountServiceServer<grpc::accounts::Accounts>>().await;
+    health_reporter
+        .set_serving::<pb::account_service_server::AccountServiceServer<grpc::accounts::Accounts>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(onbehalf_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -159,7 +172,9 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
     macro_rules! guarded {
         ($module:ident :: $server:ident, $svc:expr) => {
             InterceptedService::new(
-                pb::$module::$server::new($svc).max_decoding_message_size(limit).max_encoding_message_size(16 << 20),
+                pb::$module::$server::new($svc)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(16 << 20),
                 auth.clone(),
             )
         };
@@ -168,15 +183,42 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
         .layer(SizeLimitLayer::new(config.max_message_bytes))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(guarded!(user_service_server::UserServiceServer, grpc::users::Users(app.clone())))
-        .add_service(guarded!(account_service_server::AccountServiceServer, grpc::accounts::Accounts(app.clone())))
-        .add_service(guarded!(invitation_service_server::InvitationServiceServer, grpc::invitations::Invitations(app.clone())))
-        .add_service(guarded!(access_service_server::AccessServiceServer, grpc::access::Access(app.clone())))
-        .add_service(guarded!(catalog_service_server::CatalogServiceServer, grpc::catalog::CatalogApi(app.clone())))
-        .add_service(guarded!(hosting_service_server::HostingServiceServer, grpc::hosting::Hosting(app.clone())))
-        .add_service(guarded!(billing_service_server::BillingServiceServer, grpc::billing::Billing(app.clone())))
-        .add_service(guarded!(notification_service_server::NotificationServiceServer, grpc::notifications::Notifications(app.clone())))
-        .add_service(guarded!(audit_service_server::AuditServiceServer, grpc::audit::Audit(app.clone())));
+        .add_service(guarded!(
+            user_service_server::UserServiceServer,
+            grpc::users::Users(app.clone())
+        ))
+        .add_service(guarded!(
+            account_service_server::AccountServiceServer,
+            grpc::accounts::Accounts(app.clone())
+        ))
+        .add_service(guarded!(
+            invitation_service_server::InvitationServiceServer,
+            grpc::invitations::Invitations(app.clone())
+        ))
+        .add_service(guarded!(
+            access_service_server::AccessServiceServer,
+            grpc::access::Access(app.clone())
+        ))
+        .add_service(guarded!(
+            catalog_service_server::CatalogServiceServer,
+            grpc::catalog::CatalogApi(app.clone())
+        ))
+        .add_service(guarded!(
+            hosting_service_server::HostingServiceServer,
+            grpc::hosting::Hosting(app.clone())
+        ))
+        .add_service(guarded!(
+            billing_service_server::BillingServiceServer,
+            grpc::billing::Billing(app.clone())
+        ))
+        .add_service(guarded!(
+            notification_service_server::NotificationServiceServer,
+            grpc::notifications::Notifications(app.clone())
+        ))
+        .add_service(guarded!(
+            audit_service_server::AuditServiceServer,
+            grpc::audit::Audit(app.clone())
+        ));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
@@ -188,5 +230,9 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
             .map_err(|e| Error::Internal(format!("server failed: {e}")))
     });
     tracing::info!(%addr, "onbehalf listening");
-    Ok(RunningServer { addr, shutdown: Some(shutdown_tx), handle })
+    Ok(RunningServer {
+        addr,
+        shutdown: Some(shutdown_tx),
+        handle,
+    })
 }

@@ -52,9 +52,14 @@ impl InvitationTokens {
     /// Tokens under `secret` (at least 32 bytes), with links starting `accept_url_base`.
     pub fn new(secret: Vec<u8>, accept_url_base: &str) -> Result<Self> {
         if secret.len() < 32 {
-            return Err(Error::Internal("the invitation secret must be at least 32 bytes".into()));
+            return Err(Error::Internal(
+                "the invitation secret must be at least 32 bytes".into(),
+            ));
         }
-        Ok(Self { secret, accept_url_base: accept_url_base.to_owned() })
+        Ok(Self {
+            secret,
+            accept_url_base: accept_url_base.to_owned(),
+        })
     }
 
     /// Reads the secret from `path`, creating a random one there if the file does not exist.
@@ -65,13 +70,17 @@ impl InvitationTokens {
                 let mut secret = vec![0u8; 32];
                 rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        Error::Internal(format!("cannot create {}: {e}", dir.display()))
+                    })?;
                 }
                 crate::auth::write_private(path, &secret)?;
                 Ok(secret)
             }
-            Err(e) => Err(Error::Internal(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => Err(Error::Internal(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
         }
     }
 
@@ -101,7 +110,9 @@ impl InvitationTokens {
     /// names no invitation.
     pub fn verify(&self, token: &str) -> Result<TokenClaims> {
         let not_found = || Error::NotFound("invitation not found for this token".into());
-        let bytes = URL_SAFE_NO_PAD.decode(token.trim()).map_err(|_| not_found())?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token.trim())
+            .map_err(|_| not_found())?;
         if bytes.len() != BODY_LEN + MAC_LEN || bytes[0] != VERSION {
             return Err(not_found());
         }
@@ -126,7 +137,11 @@ impl InvitationTokens {
 
 impl InvitationLinks for InvitationTokens {
     fn token(&self, account_id: Uuid, invitation_id: Uuid, generation: u32) -> String {
-        self.mint(TokenClaims { account_id, invitation_id, generation })
+        self.mint(TokenClaims {
+            account_id,
+            invitation_id,
+            generation,
+        })
     }
 
     fn accept_url(&self, token: &str) -> String {
@@ -139,29 +154,54 @@ mod tests {
     use super::*;
 
     fn tokens() -> InvitationTokens {
-        InvitationTokens::new(vec![7u8; 32], "https://clientarea.example/invitations/accept").unwrap()
+        InvitationTokens::new(
+            vec![7u8; 32],
+            "https://clientarea.example/invitations/accept",
+        )
+        .unwrap()
     }
 
     #[test]
     fn a_minted_token_verifies_to_what_it_names() {
-        let claims = TokenClaims { account_id: Uuid::new_v4(), invitation_id: Uuid::new_v4(), generation: 3 };
+        let claims = TokenClaims {
+            account_id: Uuid::new_v4(),
+            invitation_id: Uuid::new_v4(),
+            generation: 3,
+        };
         assert_eq!(tokens().verify(&tokens().mint(claims)).unwrap(), claims);
     }
 
     #[test]
     fn a_token_under_another_secret_is_not_found() {
         let other = InvitationTokens::new(vec![8u8; 32], "x").unwrap();
-        let claims = TokenClaims { account_id: Uuid::new_v4(), invitation_id: Uuid::new_v4(), generation: 0 };
+        let claims = TokenClaims {
+            account_id: Uuid::new_v4(),
+            invitation_id: Uuid::new_v4(),
+            generation: 0,
+        };
         let err = tokens().verify(&other.mint(claims)).unwrap_err();
-        assert_eq!(err, Error::NotFound("invitation not found for this token".into()));
+        assert_eq!(
+            err,
+            Error::NotFound("invitation not found for this token".into())
+        );
     }
 
     #[test]
     fn a_token_with_one_flipped_bit_is_not_found() {
-        let claims = TokenClaims { account_id: Uuid::new_v4(), invitation_id: Uuid::new_v4(), generation: 0 };
+        let claims = TokenClaims {
+            account_id: Uuid::new_v4(),
+            invitation_id: Uuid::new_v4(),
+            generation: 0,
+        };
         let mut raw = URL_SAFE_NO_PAD.decode(tokens().mint(claims)).unwrap();
         raw[20] ^= 1;
-        assert!(matches!(tokens().verify(&URL_SAFE_NO_PAD.encode(raw)), Err(Error::NotFound(_))));
-        assert!(matches!(tokens().verify("not a token"), Err(Error::NotFound(_))));
+        assert!(matches!(
+            tokens().verify(&URL_SAFE_NO_PAD.encode(raw)),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            tokens().verify("not a token"),
+            Err(Error::NotFound(_))
+        ));
     }
 }

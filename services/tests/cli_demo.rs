@@ -39,7 +39,11 @@ fn serve(data_dir: &std::path::Path) -> Server {
         let mut lines = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(addr) = line.split("addr=").nth(1) {
-                let addr = addr.split_whitespace().next().unwrap_or_default().to_owned();
+                let addr = addr
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 let _ = tx.send(Ok((addr, lines.clone())));
                 // Keep draining so the server never blocks on a full pipe.
             }
@@ -50,7 +54,9 @@ fn serve(data_dir: &std::path::Path) -> Server {
     match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(Ok((addr, lines))) => {
             assert!(
-                lines.iter().any(|l| l.contains("created a development signing key pair")),
+                lines
+                    .iter()
+                    .any(|l| l.contains("created a development signing key pair")),
                 "a fresh data directory logs that it created a key pair: {lines:?}"
             );
             Server { child, addr }
@@ -61,8 +67,15 @@ fn serve(data_dir: &std::path::Path) -> Server {
 }
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN).args(args).output().expect("the binary runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -79,19 +92,48 @@ fn demo_against_a_fresh_embedded_server_prints_the_same_report_twice() {
     assert!(ok, "second demo run failed: {err}");
     assert!(started.elapsed() < Duration::from_secs(60));
 
-    assert_eq!(first, second, "a second run appends nothing and reports the same");
+    assert_eq!(
+        first, second,
+        "a second run appends nothing and reports the same"
+    );
     let lines: Vec<&str> = first.lines().collect();
     let switcher: Vec<&str> = lines.iter().skip(1).take(5).copied().collect();
     assert_eq!(lines[0], "Account switcher of designer@yourcompany.com");
     assert_eq!(switcher.iter().filter(|l| l.contains(" OWNER ")).count(), 1);
-    assert_eq!(switcher.iter().filter(|l| l.contains(" MEMBER  full access (13 permissions)")).count(), 4);
-    for client in ["ABC Company", "New Life Church", "Star Logistics", "Green Farm Ltd"] {
-        assert!(switcher.iter().any(|l| l.trim_start().starts_with(client)), "{client} in {switcher:?}");
+    assert_eq!(
+        switcher
+            .iter()
+            .filter(|l| l.contains(" MEMBER  full access (13 permissions)"))
+            .count(),
+        4
+    );
+    for client in [
+        "ABC Company",
+        "New Life Church",
+        "Star Logistics",
+        "Green Farm Ltd",
+    ] {
+        assert!(
+            switcher.iter().any(|l| l.trim_start().starts_with(client)),
+            "{client} in {switcher:?}"
+        );
     }
-    assert!(first.contains("Starter Hosting  abc.co.tz    SERVICE_ACTIVE"), "{first}");
-    assert!(first.contains("#1    PAID    total TZS 150,000.00"), "{first}");
-    assert!(first.contains("admin@abc.co.tz              Invoice #1 for ABC Company"), "{first}");
-    assert!(first.contains("designer@yourcompany.com     PaymentReceived        demo-pay-abc-hosting"), "{first}");
+    assert!(
+        first.contains("Starter Hosting  abc.co.tz    SERVICE_ACTIVE"),
+        "{first}"
+    );
+    assert!(
+        first.contains("#1    PAID    total TZS 150,000.00"),
+        "{first}"
+    );
+    assert!(
+        first.contains("admin@abc.co.tz              Invoice #1 for ABC Company"),
+        "{first}"
+    );
+    assert!(
+        first.contains("designer@yourcompany.com     PaymentReceived        demo-pay-abc-hosting"),
+        "{first}"
+    );
 }
 
 #[test]
@@ -99,21 +141,38 @@ fn token_prints_a_service_token_the_data_directorys_keys_verify() {
     let dir = TempDataDir::new();
     onbehalf::auth::ensure_dev_keypair(dir.path()).expect("key pair");
     let data_dir = dir.path().to_str().expect("utf-8 path");
-    let (ok, token, err) = run(&["token", "--service", "billing", "--scope", "billing:write audit:read", "--data-dir", data_dir]);
+    let (ok, token, err) = run(&[
+        "token",
+        "--service",
+        "billing",
+        "--scope",
+        "billing:write audit:read",
+        "--data-dir",
+        data_dir,
+    ]);
     assert!(ok, "{err}");
 
     let keys = Verifier::load_dir(&keys_dir(dir.path())).expect("keys");
     let verifier = Verifier::new("onbehalf", "onbehalf", &keys).expect("verifier");
     let caller = verifier.verify(token.trim()).expect("the token verifies");
     assert_eq!(caller.actor, Actor::Service("billing".into()));
-    assert_eq!(caller.scopes.iter().map(String::as_str).collect::<Vec<_>>(), vec!["audit:read", "billing:write"]);
+    assert_eq!(
+        caller.scopes.iter().map(String::as_str).collect::<Vec<_>>(),
+        vec!["audit:read", "billing:write"]
+    );
 }
 
 #[test]
 fn token_without_a_key_says_how_to_get_one() {
     let dir = TempDataDir::new();
     let data_dir = dir.path().to_str().expect("utf-8 path");
-    let (ok, _, err) = run(&["token", "--user", "0f6c1f4e-3f0a-4a57-9a43-5a1b0c3b2f10", "--data-dir", data_dir]);
+    let (ok, _, err) = run(&[
+        "token",
+        "--user",
+        "0f6c1f4e-3f0a-4a57-9a43-5a1b0c3b2f10",
+        "--data-dir",
+        data_dir,
+    ]);
     assert!(!ok);
     assert!(err.contains("no signing key in"), "{err}");
     assert!(err.contains("onbehalf serve --data-dir"), "{err}");

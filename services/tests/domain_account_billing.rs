@@ -1329,11 +1329,19 @@ fn due_dates_count_from_the_order_date_so_the_31st_comes_back_after_february() {
     ];
     account()
         .given(given)
-        .when(owner_at(at(2026, 2, 21), pay(RENEWAL_INVOICE, PAYMENT, 1_500_000)))
+        .when(owner_at(
+            at(2026, 2, 21),
+            pay(RENEWAL_INVOICE, PAYMENT, 1_500_000),
+        ))
         .then_expect_events(vec![
             payment_received(RENEWAL_INVOICE, PAYMENT, 1_500_000),
-            AccountEvent::InvoicePaid { invoice_id: RENEWAL_INVOICE },
-            AccountEvent::ServiceRenewed { service_id: HOSTING, next_due_date: day(2026, 3, 31) },
+            AccountEvent::InvoicePaid {
+                invoice_id: RENEWAL_INVOICE,
+            },
+            AccountEvent::ServiceRenewed {
+                service_id: HOSTING,
+                next_due_date: day(2026, 3, 31),
+            },
         ]);
 }
 
@@ -1351,7 +1359,15 @@ fn a_free_product_is_settled_as_it_is_ordered() {
             billing_cycle: BillingCycle::Monthly,
         }))
         .then_expect_events(vec![
-            service_ordered(HOSTING, &free, None, BillingCycle::Monthly, 0, today(), day(2026, 4, 3)),
+            service_ordered(
+                HOSTING,
+                &free,
+                None,
+                BillingCycle::Monthly,
+                0,
+                today(),
+                day(2026, 4, 3),
+            ),
             invoice_issued(
                 HOSTING_INVOICE,
                 HOSTING,
@@ -1361,6 +1377,8 @@ fn a_free_product_is_settled_as_it_is_ordered() {
                 today(),
                 today(),
             ),
-            AccountEvent::InvoicePaid { invoice_id: HOSTING_INVOICE },
+            AccountEvent::InvoicePaid {
+                invoice_id: HOSTING_INVOICE,
+            },
         ]);
 }

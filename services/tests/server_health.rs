@@ -35,7 +35,9 @@ async fn health_reports_serving_without_a_token() {
     let dir = TempDataDir::new();
     let (server, channel) = start(&dir).await;
     let status = HealthClient::new(channel)
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .expect("health answers")
         .into_inner()
@@ -72,8 +74,12 @@ async fn reflection_lists_every_onbehalf_service_while_the_request_stream_is_ope
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection answer: {response:?}");
     };
-    let mut names: Vec<String> =
-        list.service.into_iter().map(|s| s.name).filter(|n| n.starts_with("onbehalf.")).collect();
+    let mut names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|s| s.name)
+        .filter(|n| n.starts_with("onbehalf."))
+        .collect();
     names.sort();
     assert_eq!(
         names,

@@ -297,7 +297,10 @@ impl ClientAccount {
     /// Whether `user_id` holds `permission` on this account: the owner holds all of them.
     pub fn allows(&self, user_id: Uuid, permission: Permission) -> bool {
         self.owner == Some(user_id)
-            || self.members.get(&user_id).is_some_and(|p| p.contains(permission))
+            || self
+                .members
+                .get(&user_id)
+                .is_some_and(|p| p.contains(permission))
     }
 
     /// The permissions of `user_id` here, or `None` when it is neither owner nor member.
@@ -329,7 +332,9 @@ impl ClientAccount {
             Actor::User(id) if self.members.contains_key(&id) => {
                 Err(DomainError::denied("only the account owner manages users"))
             }
-            _ => Err(DomainError::denied("caller is not the owner of this account")),
+            _ => Err(DomainError::denied(
+                "caller is not the owner of this account",
+            )),
         }
     }
 
@@ -342,20 +347,26 @@ impl ClientAccount {
         self.require_exists()?;
         match &ctx.actor {
             Actor::User(id) if self.allows(*id, permission) => Ok(()),
-            Actor::User(id) if self.members.contains_key(id) => {
-                Err(DomainError::denied(format!("caller lacks the {permission} permission")))
-            }
+            Actor::User(id) if self.members.contains_key(id) => Err(DomainError::denied(format!(
+                "caller lacks the {permission} permission"
+            ))),
             Actor::Service(_) | Actor::System if services_allowed => Ok(()),
-            _ => Err(DomainError::denied("caller is not the owner or a member of this account")),
+            _ => Err(DomainError::denied(
+                "caller is not the owner or a member of this account",
+            )),
         }
     }
 
     fn require_user(ctx: &CommandContext) -> Result<Uuid, DomainError> {
-        ctx.actor.user_id().ok_or_else(|| DomainError::denied("only users may do this"))
+        ctx.actor
+            .user_id()
+            .ok_or_else(|| DomainError::denied("only users may do this"))
     }
 
     fn invitation(&self, invitation_id: Uuid) -> Result<&InvitationState, DomainError> {
-        self.invitations.get(&invitation_id).ok_or(DomainError::NotFound("invitation"))
+        self.invitations
+            .get(&invitation_id)
+            .ok_or(DomainError::NotFound("invitation"))
     }
 
     fn answerable_invitation(
@@ -395,27 +406,37 @@ impl ClientAccount {
                 "the owner holds every permission and cannot be changed",
             ));
         }
-        self.members.get(&user_id).ok_or(DomainError::NotFound("member"))
+        self.members
+            .get(&user_id)
+            .ok_or(DomainError::NotFound("member"))
     }
 
     fn service(&self, service_id: Uuid) -> Result<&ServiceState, DomainError> {
-        self.services.get(&service_id).ok_or(DomainError::NotFound("service"))
+        self.services
+            .get(&service_id)
+            .ok_or(DomainError::NotFound("service"))
     }
 
-    fn decide(
-        &self,
-        command: Command<AccountCommand>,
-    ) -> Result<Vec<AccountEvent>, DomainError> {
+    fn decide(&self, command: Command<AccountCommand>) -> Result<Vec<AccountEvent>, DomainError> {
         let ctx = &command.context;
         let now = ctx.now;
         let today = now.date_naive();
         match command.body {
-            AccountCommand::Create { account_id, name, email } => {
+            AccountCommand::Create {
+                account_id,
+                name,
+                email,
+            } => {
                 let owner_user_id = Self::require_user(ctx)?;
                 if self.exists() {
                     return Err(DomainError::AlreadyExists("account already exists".into()));
                 }
-                Ok(vec![AccountEvent::AccountCreated { account_id, name, email, owner_user_id }])
+                Ok(vec![AccountEvent::AccountCreated {
+                    account_id,
+                    name,
+                    email,
+                    owner_user_id,
+                }])
             }
             AccountCommand::UpdateProfile { name, email } => {
                 self.require_permission(ctx, Permission::Profile, false)?;
@@ -424,7 +445,13 @@ impl ClientAccount {
                 }
                 Ok(vec![AccountEvent::AccountProfileUpdated { name, email }])
             }
-            AccountCommand::Invite { invitation_id, email, invitee_user_id, permissions, ttl } => {
+            AccountCommand::Invite {
+                invitation_id,
+                email,
+                invitee_user_id,
+                permissions,
+                ttl,
+            } => {
                 self.require_owner(ctx)?;
                 if permissions.is_empty() {
                     return Err(DomainError::invalid("permissions", "must not be empty"));
@@ -435,7 +462,11 @@ impl ClientAccount {
                     ));
                 }
                 let key = email.key();
-                if self.invitations.values().any(|i| i.email.key() == key && i.is_open(now)) {
+                if self
+                    .invitations
+                    .values()
+                    .any(|i| i.email.key() == key && i.is_open(now))
+                {
                     return Err(DomainError::AlreadyExists(
                         "a pending invitation for that email exists".into(),
                     ));
@@ -454,7 +485,9 @@ impl ClientAccount {
                 self.require_owner(ctx)?;
                 let invitation = self.invitation(invitation_id)?;
                 if invitation.status != InvitationStatus::Pending {
-                    return Err(DomainError::precondition("only a pending invitation can be sent again"));
+                    return Err(DomainError::precondition(
+                        "only a pending invitation can be sent again",
+                    ));
                 }
                 let key = invitation.email.key();
                 let newer_open = self
@@ -476,11 +509,16 @@ impl ClientAccount {
                 self.require_owner(ctx)?;
                 let invitation = self.invitation(invitation_id)?;
                 if invitation.status != InvitationStatus::Pending {
-                    return Err(DomainError::precondition("only a pending invitation can be cancelled"));
+                    return Err(DomainError::precondition(
+                        "only a pending invitation can be cancelled",
+                    ));
                 }
                 Ok(vec![AccountEvent::InvitationCancelled { invitation_id }])
             }
-            AccountCommand::AcceptInvitation { invitation_id, generation } => {
+            AccountCommand::AcceptInvitation {
+                invitation_id,
+                generation,
+            } => {
                 let user_id = Self::require_user(ctx)?;
                 let invitation = self.answerable_invitation(invitation_id, generation, now)?;
                 if self.is_party(user_id) {
@@ -494,12 +532,21 @@ impl ClientAccount {
                     permissions: invitation.permissions.clone(),
                 }])
             }
-            AccountCommand::DeclineInvitation { invitation_id, generation } => {
+            AccountCommand::DeclineInvitation {
+                invitation_id,
+                generation,
+            } => {
                 let user_id = Self::require_user(ctx)?;
                 self.answerable_invitation(invitation_id, generation, now)?;
-                Ok(vec![AccountEvent::InvitationDeclined { invitation_id, user_id }])
+                Ok(vec![AccountEvent::InvitationDeclined {
+                    invitation_id,
+                    user_id,
+                }])
             }
-            AccountCommand::GrantPermissions { user_id, permissions } => {
+            AccountCommand::GrantPermissions {
+                user_id,
+                permissions,
+            } => {
                 self.require_owner(ctx)?;
                 let held = self.member(user_id)?;
                 let granted = permissions.difference(held);
@@ -507,9 +554,16 @@ impl ClientAccount {
                     return Ok(vec![]);
                 }
                 let permissions = held.union(&granted);
-                Ok(vec![AccountEvent::PermissionsGranted { user_id, granted, permissions }])
+                Ok(vec![AccountEvent::PermissionsGranted {
+                    user_id,
+                    granted,
+                    permissions,
+                }])
             }
-            AccountCommand::RevokePermissions { user_id, permissions } => {
+            AccountCommand::RevokePermissions {
+                user_id,
+                permissions,
+            } => {
                 self.require_owner(ctx)?;
                 let held = self.member(user_id)?;
                 let revoked = held.intersection(&permissions);
@@ -517,7 +571,11 @@ impl ClientAccount {
                     return Ok(vec![]);
                 }
                 let permissions = held.difference(&revoked);
-                Ok(vec![AccountEvent::PermissionsRevoked { user_id, revoked, permissions }])
+                Ok(vec![AccountEvent::PermissionsRevoked {
+                    user_id,
+                    revoked,
+                    permissions,
+                }])
             }
             AccountCommand::RevokeAccess { user_id } => {
                 self.require_owner(ctx)?;
@@ -525,7 +583,10 @@ impl ClientAccount {
                     return Err(DomainError::precondition("the owner cannot be removed"));
                 }
                 self.member(user_id)?;
-                Ok(vec![AccountEvent::MemberRemoved { user_id, reason: RemovalReason::Revoked }])
+                Ok(vec![AccountEvent::MemberRemoved {
+                    user_id,
+                    reason: RemovalReason::Revoked,
+                }])
             }
             AccountCommand::Leave => {
                 self.require_exists()?;
@@ -536,14 +597,21 @@ impl ClientAccount {
                     ));
                 }
                 if !self.members.contains_key(&user_id) {
-                    return Err(DomainError::denied("caller is not a member of this account"));
+                    return Err(DomainError::denied(
+                        "caller is not a member of this account",
+                    ));
                 }
-                Ok(vec![AccountEvent::MemberRemoved { user_id, reason: RemovalReason::Left }])
+                Ok(vec![AccountEvent::MemberRemoved {
+                    user_id,
+                    reason: RemovalReason::Left,
+                }])
             }
             AccountCommand::TransferOwnership { new_owner_user_id } => {
                 let from_user_id = self.require_owner(ctx)?;
                 if new_owner_user_id == from_user_id {
-                    return Err(DomainError::precondition("caller already owns this account"));
+                    return Err(DomainError::precondition(
+                        "caller already owns this account",
+                    ));
                 }
                 if !self.members.contains_key(&new_owner_user_id) {
                     return Err(DomainError::precondition(
@@ -555,15 +623,33 @@ impl ClientAccount {
                     to_user_id: new_owner_user_id,
                 }])
             }
-            AccountCommand::OrderService { service_id, invoice_id, product, domain, billing_cycle } => {
+            AccountCommand::OrderService {
+                service_id,
+                invoice_id,
+                product,
+                domain,
+                billing_cycle,
+            } => {
                 self.require_permission(ctx, Permission::Orders, false)?;
-                self.decide_order(service_id, invoice_id, product, domain, billing_cycle, today)
+                self.decide_order(
+                    service_id,
+                    invoice_id,
+                    product,
+                    domain,
+                    billing_cycle,
+                    today,
+                )
             }
-            AccountCommand::RenewService { service_id, invoice_id } => {
+            AccountCommand::RenewService {
+                service_id,
+                invoice_id,
+            } => {
                 self.require_permission(ctx, Permission::Orders, false)?;
                 let service = self.service(service_id)?;
                 if service.cancelled {
-                    return Err(DomainError::precondition("a cancelled service cannot be renewed"));
+                    return Err(DomainError::precondition(
+                        "a cancelled service cannot be renewed",
+                    ));
                 }
                 let period_start = service.next_due_date;
                 if service.renewals.contains_key(&period_start) {
@@ -590,7 +676,10 @@ impl ClientAccount {
                 if service.amount_minor == 0 {
                     // Nothing can be paid on a free invoice, so it is settled as it is issued.
                     events.push(AccountEvent::InvoicePaid { invoice_id });
-                    events.push(AccountEvent::ServiceRenewed { service_id, next_due_date: period_end });
+                    events.push(AccountEvent::ServiceRenewed {
+                        service_id,
+                        next_due_date: period_end,
+                    });
                 }
                 Ok(events)
             }
@@ -604,13 +693,18 @@ impl ClientAccount {
                 let mut events: Vec<AccountEvent> = self
                     .invoices
                     .iter()
-                    .filter(|(_, i)| i.service_id == service_id && i.status == InvoiceStatus::Unpaid)
+                    .filter(|(_, i)| {
+                        i.service_id == service_id && i.status == InvoiceStatus::Unpaid
+                    })
                     .map(|(id, _)| AccountEvent::InvoiceCancelled { invoice_id: *id })
                     .collect();
                 events.push(AccountEvent::ServiceCancelled { service_id });
                 Ok(events)
             }
-            AccountCommand::UpdateNameservers { service_id, nameservers } => {
+            AccountCommand::UpdateNameservers {
+                service_id,
+                nameservers,
+            } => {
                 self.require_permission(ctx, Permission::ManageDomains, false)?;
                 let service = self.service(service_id)?;
                 if service.kind != ProductKind::Domain {
@@ -619,9 +713,17 @@ impl ClientAccount {
                 if service.cancelled {
                     return Err(DomainError::precondition("service is cancelled"));
                 }
-                Ok(vec![AccountEvent::NameserversUpdated { service_id, nameservers }])
+                Ok(vec![AccountEvent::NameserversUpdated {
+                    service_id,
+                    nameservers,
+                }])
             }
-            AccountCommand::PayInvoice { invoice_id, payment_id, amount_minor, reference } => {
+            AccountCommand::PayInvoice {
+                invoice_id,
+                payment_id,
+                amount_minor,
+                reference,
+            } => {
                 self.require_permission(ctx, Permission::Invoices, true)?;
                 self.decide_payment(invoice_id, payment_id, amount_minor, reference)
             }
@@ -639,7 +741,10 @@ impl ClientAccount {
     ) -> Result<Vec<AccountEvent>, DomainError> {
         if product.kind == ProductKind::Domain {
             let Some(domain) = &domain else {
-                return Err(DomainError::invalid("domain", "a domain order needs a domain"));
+                return Err(DomainError::invalid(
+                    "domain",
+                    "a domain order needs a domain",
+                ));
             };
             let Some(tld) = &product.tld else {
                 return Err(DomainError::precondition("the domain product has no TLD"));
@@ -664,7 +769,9 @@ impl ClientAccount {
             )
         })?;
         if self.services.contains_key(&service_id) || self.invoices.contains_key(&invoice_id) {
-            return Err(DomainError::AlreadyExists("service or invoice id is taken".into()));
+            return Err(DomainError::AlreadyExists(
+                "service or invoice id is taken".into(),
+            ));
         }
         let next_due_date = billing_cycle.advance(today);
         let ordered = AccountEvent::ServiceOrdered {
@@ -721,16 +828,24 @@ impl ClientAccount {
         amount_minor: i64,
         reference: String,
     ) -> Result<Vec<AccountEvent>, DomainError> {
-        let invoice = self.invoices.get(&invoice_id).ok_or(DomainError::NotFound("invoice"))?;
+        let invoice = self
+            .invoices
+            .get(&invoice_id)
+            .ok_or(DomainError::NotFound("invoice"))?;
         match invoice.status {
-            InvoiceStatus::Paid => return Err(DomainError::precondition("invoice is already paid")),
+            InvoiceStatus::Paid => {
+                return Err(DomainError::precondition("invoice is already paid"))
+            }
             InvoiceStatus::Cancelled => {
                 return Err(DomainError::precondition("invoice is cancelled"))
             }
             InvoiceStatus::Unpaid => {}
         }
         if amount_minor <= 0 {
-            return Err(DomainError::invalid("amount_minor", "must be greater than zero"));
+            return Err(DomainError::invalid(
+                "amount_minor",
+                "must be greater than zero",
+            ));
         }
         let outstanding = invoice.total_minor - invoice.paid_minor;
         if amount_minor > outstanding {
@@ -738,8 +853,12 @@ impl ClientAccount {
                 "overpayment: {amount_minor} exceeds the {outstanding} still owed"
             )));
         }
-        let mut events =
-            vec![AccountEvent::PaymentReceived { invoice_id, payment_id, amount_minor, reference }];
+        let mut events = vec![AccountEvent::PaymentReceived {
+            invoice_id,
+            payment_id,
+            amount_minor,
+            reference,
+        }];
         if amount_minor == outstanding {
             events.push(AccountEvent::InvoicePaid { invoice_id });
             if let InvoiceKind::Renewal { period_start } = invoice.kind {
@@ -791,7 +910,12 @@ impl Aggregate for ClientAccount {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            AccountEvent::AccountCreated { account_id, name, email, owner_user_id } => {
+            AccountEvent::AccountCreated {
+                account_id,
+                name,
+                email,
+                owner_user_id,
+            } => {
                 self.account_id = Some(account_id);
                 self.name = Some(name);
                 self.email = Some(email);
@@ -801,7 +925,12 @@ impl Aggregate for ClientAccount {
                 self.name = Some(name);
                 self.email = Some(email);
             }
-            AccountEvent::UserInvited { invitation_id, email, permissions, expires_at } => {
+            AccountEvent::UserInvited {
+                invitation_id,
+                email,
+                permissions,
+                expires_at,
+            } => {
                 self.invitations.insert(
                     invitation_id,
                     InvitationState {
@@ -813,7 +942,11 @@ impl Aggregate for ClientAccount {
                     },
                 );
             }
-            AccountEvent::InvitationResent { invitation_id, generation, expires_at } => {
+            AccountEvent::InvitationResent {
+                invitation_id,
+                generation,
+                expires_at,
+            } => {
                 if let Some(i) = self.invitations.get_mut(&invitation_id) {
                     i.generation = generation;
                     i.expires_at = expires_at;
@@ -822,21 +955,36 @@ impl Aggregate for ClientAccount {
             AccountEvent::InvitationCancelled { invitation_id } => {
                 self.set_invitation_status(invitation_id, InvitationStatus::Cancelled);
             }
-            AccountEvent::InvitationAccepted { invitation_id, user_id, permissions } => {
+            AccountEvent::InvitationAccepted {
+                invitation_id,
+                user_id,
+                permissions,
+            } => {
                 self.set_invitation_status(invitation_id, InvitationStatus::Accepted);
                 self.members.insert(user_id, permissions);
             }
             AccountEvent::InvitationDeclined { invitation_id, .. } => {
                 self.set_invitation_status(invitation_id, InvitationStatus::Declined);
             }
-            AccountEvent::PermissionsGranted { user_id, permissions, .. }
-            | AccountEvent::PermissionsRevoked { user_id, permissions, .. } => {
+            AccountEvent::PermissionsGranted {
+                user_id,
+                permissions,
+                ..
+            }
+            | AccountEvent::PermissionsRevoked {
+                user_id,
+                permissions,
+                ..
+            } => {
                 self.members.insert(user_id, permissions);
             }
             AccountEvent::MemberRemoved { user_id, .. } => {
                 self.members.remove(&user_id);
             }
-            AccountEvent::OwnershipTransferred { from_user_id, to_user_id } => {
+            AccountEvent::OwnershipTransferred {
+                from_user_id,
+                to_user_id,
+            } => {
                 self.members.remove(&to_user_id);
                 self.members.insert(from_user_id, PermissionSet::full());
                 self.owner = Some(to_user_id);
@@ -870,7 +1018,14 @@ impl Aggregate for ClientAccount {
                     },
                 );
             }
-            AccountEvent::InvoiceIssued { invoice_id, service_id, kind, total_minor, currency, .. } => {
+            AccountEvent::InvoiceIssued {
+                invoice_id,
+                service_id,
+                kind,
+                total_minor,
+                currency,
+                ..
+            } => {
                 if let (InvoiceKind::Renewal { period_start }, Some(service)) =
                     (&kind, self.services.get_mut(&service_id))
                 {
@@ -888,7 +1043,11 @@ impl Aggregate for ClientAccount {
                     },
                 );
             }
-            AccountEvent::PaymentReceived { invoice_id, amount_minor, .. } => {
+            AccountEvent::PaymentReceived {
+                invoice_id,
+                amount_minor,
+                ..
+            } => {
                 if let Some(i) = self.invoices.get_mut(&invoice_id) {
                     i.paid_minor += amount_minor;
                 }
@@ -899,7 +1058,10 @@ impl Aggregate for ClientAccount {
             AccountEvent::InvoiceCancelled { invoice_id } => {
                 self.set_invoice_status(invoice_id, InvoiceStatus::Cancelled);
             }
-            AccountEvent::ServiceRenewed { service_id, next_due_date } => {
+            AccountEvent::ServiceRenewed {
+                service_id,
+                next_due_date,
+            } => {
                 if let Some(s) = self.services.get_mut(&service_id) {
                     s.next_due_date = next_due_date;
                     s.periods += 1;

@@ -60,7 +60,10 @@ pub enum DomainError {
 
 impl DomainError {
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        DomainError::InvalidArgument { field, message: message.into() }
+        DomainError::InvalidArgument {
+            field,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn denied(message: impl Into<String>) -> Self {

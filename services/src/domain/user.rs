@@ -46,11 +46,25 @@ impl Aggregate for User {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         match command.body {
-            UserCommand::Register { user_id, email, display_name } => {
+            UserCommand::Register {
+                user_id,
+                email,
+                display_name,
+            } => {
                 if self.user_id.is_some() {
-                    return Err(DomainError::AlreadyExists("user is already registered".into()));
+                    return Err(DomainError::AlreadyExists(
+                        "user is already registered".into(),
+                    ));
                 }
-                sink.write(UserEvent::UserRegistered { user_id, email, display_name }, self).await;
+                sink.write(
+                    UserEvent::UserRegistered {
+                        user_id,
+                        email,
+                        display_name,
+                    },
+                    self,
+                )
+                .await;
                 Ok(())
             }
         }

@@ -31,7 +31,11 @@ fn member_access(account: &ClientAccount, user_id: Uuid) -> Result<MemberAccess>
 fn member_message(user_id: Uuid, access: MemberAccess) -> pb::MemberAccess {
     pb::MemberAccess {
         user_id: user_id.to_string(),
-        role: if access.owner { pb::Role::Owner } else { pb::Role::Member } as i32,
+        role: if access.owner {
+            pb::Role::Owner
+        } else {
+            pb::Role::Member
+        } as i32,
         permissions: convert::permissions_to_pb(&access.permissions),
     }
 }
@@ -49,7 +53,10 @@ impl AccessService for Access {
             request_id: r.request_id,
         });
         respond(self.change(request, true).await.map(|(member, position)| {
-            pb::GrantPermissionResponse { member: Some(member), position }
+            pb::GrantPermissionResponse {
+                member: Some(member),
+                position,
+            }
         }))
     }
 
@@ -58,7 +65,10 @@ impl AccessService for Access {
         request: Request<pb::RevokePermissionRequest>,
     ) -> Result<Response<pb::RevokePermissionResponse>, Status> {
         respond(self.change(request, false).await.map(|(member, position)| {
-            pb::RevokePermissionResponse { member: Some(member), position }
+            pb::RevokePermissionResponse {
+                member: Some(member),
+                position,
+            }
         }))
     }
 
@@ -85,7 +95,11 @@ impl AccessService for Access {
 }
 
 impl Access {
-    async fn change(&self, request: Request<pb::RevokePermissionRequest>, grant: bool) -> Result<(pb::MemberAccess, u64)> {
+    async fn change(
+        &self,
+        request: Request<pb::RevokePermissionRequest>,
+        grant: bool,
+    ) -> Result<(pb::MemberAccess, u64)> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -93,18 +107,33 @@ impl Access {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let user_id = convert::uuid("user_id", &req.user_id)?;
         let permissions = convert::permissions("permissions", &req.permissions)?;
-        let method = if grant { "GrantPermission" } else { "RevokePermission" };
+        let method = if grant {
+            "GrantPermission"
+        } else {
+            "RevokePermission"
+        };
         let key = idempotency(method, &request_id, &req)?;
         let body = if grant {
-            AccountCommand::GrantPermissions { user_id, permissions }
+            AccountCommand::GrantPermissions {
+                user_id,
+                permissions,
+            }
         } else {
-            AccountCommand::RevokePermissions { user_id, permissions }
+            AccountCommand::RevokePermissions {
+                user_id,
+                permissions,
+            }
         };
-        let done = app.execute_account(&call, account_id, body, key, |a| member_access(a, user_id)).await?;
+        let done = app
+            .execute_account(&call, account_id, body, key, |a| member_access(a, user_id))
+            .await?;
         Ok((member_message(user_id, done.value), done.position))
     }
 
-    async fn revoke_access_inner(&self, request: Request<pb::RevokeAccessRequest>) -> Result<pb::RevokeAccessResponse> {
+    async fn revoke_access_inner(
+        &self,
+        request: Request<pb::RevokeAccessRequest>,
+    ) -> Result<pb::RevokeAccessResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -113,25 +142,43 @@ impl Access {
         let user_id = convert::uuid("user_id", &req.user_id)?;
         let key = idempotency("RevokeAccess", &request_id, &req)?;
         let done = app
-            .execute_account(&call, account_id, AccountCommand::RevokeAccess { user_id }, key, |_| Ok(()))
+            .execute_account(
+                &call,
+                account_id,
+                AccountCommand::RevokeAccess { user_id },
+                key,
+                |_| Ok(()),
+            )
             .await?;
-        Ok(pb::RevokeAccessResponse { position: done.position })
+        Ok(pb::RevokeAccessResponse {
+            position: done.position,
+        })
     }
 
-    async fn leave(&self, request: Request<pb::LeaveAccountRequest>) -> Result<pb::LeaveAccountResponse> {
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveAccountRequest>,
+    ) -> Result<pb::LeaveAccountResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
         let request_id = std::mem::take(&mut req.request_id);
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let key = idempotency("LeaveAccount", &request_id, &req)?;
-        let done = app.execute_account(&call, account_id, AccountCommand::Leave, key, |_| Ok(())).await?;
-        Ok(pb::LeaveAccountResponse { position: done.position })
+        let done = app
+            .execute_account(&call, account_id, AccountCommand::Leave, key, |_| Ok(()))
+            .await?;
+        Ok(pb::LeaveAccountResponse {
+            position: done.position,
+        })
     }
 
     /// Decided on the account's current state in the log, so a revocation is effective at once;
     /// `min_position` is therefore always met.
-    async fn check(&self, request: Request<pb::CheckPermissionRequest>) -> Result<pb::CheckPermissionResponse> {
+    async fn check(
+        &self,
+        request: Request<pb::CheckPermissionRequest>,
+    ) -> Result<pb::CheckPermissionResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let req = request.into_inner();
@@ -149,6 +196,9 @@ impl Access {
                 "only the owner, the user itself or a service with access:check may ask".into(),
             ));
         }
-        Ok(pb::CheckPermissionResponse { allowed: account.allows(user_id, permission), position: loaded.position })
+        Ok(pb::CheckPermissionResponse {
+            allowed: account.allows(user_id, permission),
+            position: loaded.position,
+        })
     }
 }

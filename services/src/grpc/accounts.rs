@@ -85,13 +85,18 @@ pub(crate) async fn require_registered(app: &App, call: &Call) -> Result<Uuid> {
     let user_id = call.caller.user_id()?;
     let user = app.executor().load::<User>(&user_stream(user_id)).await?;
     if user.aggregate.user_id.is_none() {
-        return Err(Error::PermissionDenied("the calling user is not registered".into()));
+        return Err(Error::PermissionDenied(
+            "the calling user is not registered".into(),
+        ));
     }
     Ok(user_id)
 }
 
 impl Accounts {
-    async fn create(&self, request: Request<pb::CreateAccountRequest>) -> Result<pb::CreateAccountResponse> {
+    async fn create(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Result<pb::CreateAccountResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -103,12 +108,25 @@ impl Accounts {
 
         let account_id = Uuid::new_v4();
         let done = app
-            .execute_account(&call, account_id, AccountCommand::Create { account_id, name, email }, key, |_| {
-                Ok(account_id)
-            })
+            .execute_account(
+                &call,
+                account_id,
+                AccountCommand::Create {
+                    account_id,
+                    name,
+                    email,
+                },
+                key,
+                |_| Ok(account_id),
+            )
             .await?;
-        let account = app.read(&call, done.position, |m| account_message(m, done.value)).await??;
-        Ok(pb::CreateAccountResponse { account: Some(account), position: done.position })
+        let account = app
+            .read(&call, done.position, |m| account_message(m, done.value))
+            .await??;
+        Ok(pb::CreateAccountResponse {
+            account: Some(account),
+            position: done.position,
+        })
     }
 
     async fn get(&self, request: Request<pb::GetAccountRequest>) -> Result<pb::GetAccountResponse> {
@@ -118,8 +136,12 @@ impl Accounts {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let loaded = app.authorize_read(&call, account_id, None).await?;
         let min = req.min_position.max(loaded.position);
-        let account = app.read(&call, min, |m| account_message(m, account_id)).await??;
-        Ok(pb::GetAccountResponse { account: Some(account) })
+        let account = app
+            .read(&call, min, |m| account_message(m, account_id))
+            .await??;
+        Ok(pb::GetAccountResponse {
+            account: Some(account),
+        })
     }
 
     async fn update_profile(
@@ -135,13 +157,27 @@ impl Accounts {
         let email = convert::email("email", &req.email)?;
         let key = idempotency("UpdateAccountProfile", &request_id, &req)?;
         let done = app
-            .execute_account(&call, account_id, AccountCommand::UpdateProfile { name, email }, key, |_| Ok(()))
+            .execute_account(
+                &call,
+                account_id,
+                AccountCommand::UpdateProfile { name, email },
+                key,
+                |_| Ok(()),
+            )
             .await?;
-        let account = app.read(&call, done.position, |m| account_message(m, account_id)).await??;
-        Ok(pb::UpdateAccountProfileResponse { account: Some(account), position: done.position })
+        let account = app
+            .read(&call, done.position, |m| account_message(m, account_id))
+            .await??;
+        Ok(pb::UpdateAccountProfileResponse {
+            account: Some(account),
+            position: done.position,
+        })
     }
 
-    async fn transfer(&self, request: Request<pb::TransferOwnershipRequest>) -> Result<pb::TransferOwnershipResponse> {
+    async fn transfer(
+        &self,
+        request: Request<pb::TransferOwnershipRequest>,
+    ) -> Result<pb::TransferOwnershipResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -150,12 +186,21 @@ impl Accounts {
         let new_owner_user_id = convert::uuid("new_owner_user_id", &req.new_owner_user_id)?;
         let key = idempotency("TransferOwnership", &request_id, &req)?;
         let done = app
-            .execute_account(&call, account_id, AccountCommand::TransferOwnership { new_owner_user_id }, key, |_| {
-                Ok(())
-            })
+            .execute_account(
+                &call,
+                account_id,
+                AccountCommand::TransferOwnership { new_owner_user_id },
+                key,
+                |_| Ok(()),
+            )
             .await?;
-        let account = app.read(&call, done.position, |m| account_message(m, account_id)).await??;
-        Ok(pb::TransferOwnershipResponse { account: Some(account), position: done.position })
+        let account = app
+            .read(&call, done.position, |m| account_message(m, account_id))
+            .await??;
+        Ok(pb::TransferOwnershipResponse {
+            account: Some(account),
+            position: done.position,
+        })
     }
 
     async fn accessible(
@@ -181,17 +226,27 @@ impl Accounts {
             })
             .await?;
         let (accounts, next_page_token) = convert::page(accounts, req.page_size, &req.page_token)?;
-        Ok(pb::ListAccessibleAccountsResponse { accounts, next_page_token })
+        Ok(pb::ListAccessibleAccountsResponse {
+            accounts,
+            next_page_token,
+        })
     }
 
-    async fn members(&self, request: Request<pb::ListMembersRequest>) -> Result<pb::ListMembersResponse> {
+    async fn members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<pb::ListMembersResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let req = request.into_inner();
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let loaded = app.load_account(account_id).await?;
-        if call.caller.actor.user_id().is_none() || loaded.aggregate.owner != call.caller.actor.user_id() {
-            return Err(Error::PermissionDenied("only the account owner lists its members".into()));
+        if call.caller.actor.user_id().is_none()
+            || loaded.aggregate.owner != call.caller.actor.user_id()
+        {
+            return Err(Error::PermissionDenied(
+                "only the account owner lists its members".into(),
+            ));
         }
         let min = req.min_position.max(loaded.position);
         let members = app
@@ -210,7 +265,9 @@ impl Accounts {
             })
             .await?;
         let (members, next_page_token) = convert::page(members, req.page_size, &req.page_token)?;
-        Ok(pb::ListMembersResponse { members, next_page_token })
+        Ok(pb::ListMembersResponse {
+            members,
+            next_page_token,
+        })
     }
 }
-

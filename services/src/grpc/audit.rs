@@ -18,13 +18,22 @@ fn entry_message(e: &AuditEntry) -> pb::AuditEntry {
         occurred_at: Some(convert::timestamp(e.occurred_at)),
         actor_kind: convert::actor_kind_to_pb(&e.actor),
         actor_user_id: e.actor_user_id.map(|u| u.to_string()).unwrap_or_default(),
-        actor_email: e.actor_email.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+        actor_email: e
+            .actor_email
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
         on_behalf_of_account_id: e.on_behalf_of.map(|a| a.to_string()).unwrap_or_default(),
         action: e.action.clone(),
         request_id: e.request_id.clone().unwrap_or_default(),
-        permission: e.permission.map(convert::permission_to_pb).unwrap_or_default(),
+        permission: e
+            .permission
+            .map(convert::permission_to_pb)
+            .unwrap_or_default(),
         actor_name: match &e.actor {
-            onbehalf_events::Actor::Service(name) | onbehalf_events::Actor::Staff(name) => name.clone(),
+            onbehalf_events::Actor::Service(name) | onbehalf_events::Actor::Staff(name) => {
+                name.clone()
+            }
             _ => String::new(),
         },
         client_address: e.client_address.clone().unwrap_or_default(),
@@ -43,7 +52,10 @@ impl AuditService for Audit {
 }
 
 impl Audit {
-    async fn list(&self, request: Request<pb::ListAuditTrailRequest>) -> Result<pb::ListAuditTrailResponse> {
+    async fn list(
+        &self,
+        request: Request<pb::ListAuditTrailRequest>,
+    ) -> Result<pb::ListAuditTrailResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let req = request.into_inner();
@@ -66,7 +78,9 @@ impl Audit {
                 } else if actor.is_none() || actor == Some(user_id) {
                     Some(user_id)
                 } else {
-                    return Err(Error::PermissionDenied("a member reads only its own actions".into()));
+                    return Err(Error::PermissionDenied(
+                        "a member reads only its own actions".into(),
+                    ));
                 }
             }
         };
@@ -90,6 +104,9 @@ impl Audit {
             })
             .await?;
         let (entries, next_page_token) = convert::page(entries, req.page_size, &req.page_token)?;
-        Ok(pb::ListAuditTrailResponse { entries, next_page_token })
+        Ok(pb::ListAuditTrailResponse {
+            entries,
+            next_page_token,
+        })
     }
 }

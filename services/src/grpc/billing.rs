@@ -34,7 +34,10 @@ pub(crate) fn invoice_message(i: &InvoiceView) -> pb::Invoice {
         lines: i
             .lines
             .iter()
-            .map(|l| pb::InvoiceLine { description: l.description.clone(), amount_minor: l.amount_minor })
+            .map(|l| pb::InvoiceLine {
+                description: l.description.clone(),
+                amount_minor: l.amount_minor,
+            })
             .collect(),
         service_id: i.service_id.to_string(),
         account_id: i.account_id.to_string(),
@@ -60,21 +63,35 @@ impl BillingService for Billing {
 }
 
 impl Billing {
-    async fn list(&self, request: Request<pb::ListInvoicesRequest>) -> Result<pb::ListInvoicesResponse> {
+    async fn list(
+        &self,
+        request: Request<pb::ListInvoicesRequest>,
+    ) -> Result<pb::ListInvoicesResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let req = request.into_inner();
         let account_id = convert::uuid("account_id", &req.account_id)?;
-        let loaded = app.authorize_read(&call, account_id, Some(Permission::Invoices)).await?;
+        let loaded = app
+            .authorize_read(&call, account_id, Some(Permission::Invoices))
+            .await?;
         let min = req.min_position.max(loaded.position);
         let (invoices, balance_minor) = app
             .read(&call, min, |m| {
-                let invoices: Vec<pb::Invoice> = m.billing.invoices(account_id).iter().map(invoice_message).collect();
+                let invoices: Vec<pb::Invoice> = m
+                    .billing
+                    .invoices(account_id)
+                    .iter()
+                    .map(invoice_message)
+                    .collect();
                 (invoices, m.billing.balance_minor(account_id))
             })
             .await?;
         let (invoices, next_page_token) = convert::page(invoices, req.page_size, &req.page_token)?;
-        Ok(pb::ListInvoicesResponse { invoices, next_page_token, balance_minor })
+        Ok(pb::ListInvoicesResponse {
+            invoices,
+            next_page_token,
+            balance_minor,
+        })
     }
 
     async fn pay(&self, request: Request<pb::PayInvoiceRequest>) -> Result<pb::PayInvoiceResponse> {
@@ -82,7 +99,9 @@ impl Billing {
         let call = app.call(&request)?;
         let service_caller = matches!(call.caller.actor, onbehalf_events::Actor::Service(_));
         if service_caller && !call.caller.has_scope("billing:write") {
-            return Err(Error::PermissionDenied("needs a service token with scope billing:write".into()));
+            return Err(Error::PermissionDenied(
+                "needs a service token with scope billing:write".into(),
+            ));
         }
         let mut req = request.into_inner();
         let request_id = std::mem::take(&mut req.request_id);
@@ -105,11 +124,20 @@ impl Billing {
             amount_minor: req.amount_minor,
             reference,
         };
-        let done = app.execute_account(&call, account_id, body, key, |_| Ok(())).await?;
+        let done = app
+            .execute_account(&call, account_id, body, key, |_| Ok(()))
+            .await?;
         let invoice = app
-            .read(&call, done.position, |m| m.billing.invoice(account_id, invoice_id).map(invoice_message))
+            .read(&call, done.position, |m| {
+                m.billing
+                    .invoice(account_id, invoice_id)
+                    .map(invoice_message)
+            })
             .await?
             .ok_or_else(|| Error::Internal("invoice missing from the read model".into()))?;
-        Ok(pb::PayInvoiceResponse { invoice: Some(invoice), position: done.position })
+        Ok(pb::PayInvoiceResponse {
+            invoice: Some(invoice),
+            position: done.position,
+        })
     }
 }

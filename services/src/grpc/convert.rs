@@ -56,7 +56,10 @@ pub(crate) fn permissions(field: &str, raw: &[i32]) -> Result<PermissionSet> {
 }
 
 pub(crate) fn permission_to_pb(p: Permission) -> i32 {
-    Permission::ALL.iter().position(|q| *q == p).map_or(0, |i| i as i32 + 1)
+    Permission::ALL
+        .iter()
+        .position(|q| *q == p)
+        .map_or(0, |i| i as i32 + 1)
 }
 
 pub(crate) fn permissions_to_pb(set: &PermissionSet) -> Vec<i32> {
@@ -72,14 +75,20 @@ pub(crate) fn billing_cycle(field: &str, raw: i32) -> Result<BillingCycle> {
 }
 
 pub(crate) fn billing_cycle_to_pb(c: BillingCycle) -> i32 {
-    BillingCycle::ALL.iter().position(|d| *d == c).map_or(0, |i| i as i32 + 1)
+    BillingCycle::ALL
+        .iter()
+        .position(|d| *d == c)
+        .map_or(0, |i| i as i32 + 1)
 }
 
 pub(crate) fn product_kind(field: &str, raw: i32) -> Result<ProductKind> {
     match pb::ProductKind::try_from(raw) {
         Ok(pb::ProductKind::Hosting) => Ok(ProductKind::Hosting),
         Ok(pb::ProductKind::Domain) => Ok(ProductKind::Domain),
-        _ => Err(Error::invalid(field, format!("{raw} is not a product kind"))),
+        _ => Err(Error::invalid(
+            field,
+            format!("{raw} is not a product kind"),
+        )),
     }
 }
 
@@ -91,12 +100,19 @@ pub(crate) fn product_kind_to_pb(k: ProductKind) -> i32 {
 }
 
 pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
 }
 
 pub(crate) fn date(d: NaiveDate) -> pb::Date {
     use chrono::Datelike;
-    pb::Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 }
+    pb::Date {
+        year: d.year(),
+        month: d.month() as i32,
+        day: d.day() as i32,
+    }
 }
 
 pub(crate) fn actor_kind_to_pb(a: &Actor) -> i32 {
@@ -141,7 +157,11 @@ pub(crate) fn page<T>(items: Vec<T>, page_size: u32, page_token: &str) -> Result
     let total = items.len();
     let page: Vec<T> = items.into_iter().skip(offset).take(size).collect();
     let next = offset + page.len();
-    let token = if next < total { format!("o{next}") } else { String::new() };
+    let token = if next < total {
+        format!("o{next}")
+    } else {
+        String::new()
+    };
     Ok((page, token))
 }
 

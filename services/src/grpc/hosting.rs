@@ -83,7 +83,10 @@ impl HostingService for Hosting {
 }
 
 impl Hosting {
-    async fn order(&self, request: Request<pb::OrderServiceRequest>) -> Result<pb::OrderServiceResponse> {
+    async fn order(
+        &self,
+        request: Request<pb::OrderServiceRequest>,
+    ) -> Result<pb::OrderServiceResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -91,7 +94,11 @@ impl Hosting {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let product_id = convert::uuid("product_id", &req.product_id)?;
         let billing_cycle = convert::billing_cycle("billing_cycle", req.billing_cycle)?;
-        let domain = if req.domain.is_empty() { None } else { Some(convert::domain("domain", &req.domain)?) };
+        let domain = if req.domain.is_empty() {
+            None
+        } else {
+            Some(convert::domain("domain", &req.domain)?)
+        };
         let key = idempotency("OrderService", &request_id, &req)?;
 
         // The price comes from the catalogue as the log holds it now, never from the caller.
@@ -102,11 +109,25 @@ impl Hosting {
             .get(&product_id)
             .cloned()
             .ok_or_else(|| Error::NotFound("product not found".into()))?;
-        let ids = Ordered { service_id: Uuid::new_v4(), invoice_id: Uuid::new_v4() };
+        let ids = Ordered {
+            service_id: Uuid::new_v4(),
+            invoice_id: Uuid::new_v4(),
+        };
         let (service_id, invoice_id) = (ids.service_id, ids.invoice_id);
-        let body = AccountCommand::OrderService { service_id, invoice_id, product, domain, billing_cycle };
+        let body = AccountCommand::OrderService {
+            service_id,
+            invoice_id,
+            product,
+            domain,
+            billing_cycle,
+        };
         let done = app
-            .execute_account(&call, account_id, body, key, |_| Ok(Ordered { service_id, invoice_id }))
+            .execute_account(&call, account_id, body, key, |_| {
+                Ok(Ordered {
+                    service_id,
+                    invoice_id,
+                })
+            })
             .await?;
         Ok(pb::OrderServiceResponse {
             service_id: done.value.service_id.to_string(),
@@ -115,7 +136,10 @@ impl Hosting {
         })
     }
 
-    async fn renew(&self, request: Request<pb::RenewServiceRequest>) -> Result<pb::RenewServiceResponse> {
+    async fn renew(
+        &self,
+        request: Request<pb::RenewServiceRequest>,
+    ) -> Result<pb::RenewServiceResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -123,7 +147,10 @@ impl Hosting {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let service_id = convert::uuid("service_id", &req.service_id)?;
         let key = idempotency("RenewService", &request_id, &req)?;
-        let body = AccountCommand::RenewService { service_id, invoice_id: Uuid::new_v4() };
+        let body = AccountCommand::RenewService {
+            service_id,
+            invoice_id: Uuid::new_v4(),
+        };
         let done = app
             .execute_account(&call, account_id, body, key, |account| {
                 account
@@ -131,10 +158,16 @@ impl Hosting {
                     .ok_or_else(|| Error::Internal("renewal left no invoice".into()))
             })
             .await?;
-        Ok(pb::RenewServiceResponse { invoice_id: done.value.to_string(), position: done.position })
+        Ok(pb::RenewServiceResponse {
+            invoice_id: done.value.to_string(),
+            position: done.position,
+        })
     }
 
-    async fn cancel(&self, request: Request<pb::CancelServiceRequest>) -> Result<pb::CancelServiceResponse> {
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelServiceRequest>,
+    ) -> Result<pb::CancelServiceResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -143,12 +176,23 @@ impl Hosting {
         let service_id = convert::uuid("service_id", &req.service_id)?;
         let key = idempotency("CancelService", &request_id, &req)?;
         let done = app
-            .execute_account(&call, account_id, AccountCommand::CancelService { service_id }, key, |_| Ok(()))
+            .execute_account(
+                &call,
+                account_id,
+                AccountCommand::CancelService { service_id },
+                key,
+                |_| Ok(()),
+            )
             .await?;
-        Ok(pb::CancelServiceResponse { position: done.position })
+        Ok(pb::CancelServiceResponse {
+            position: done.position,
+        })
     }
 
-    async fn nameservers(&self, request: Request<pb::UpdateNameserversRequest>) -> Result<pb::UpdateNameserversResponse> {
+    async fn nameservers(
+        &self,
+        request: Request<pb::UpdateNameserversRequest>,
+    ) -> Result<pb::UpdateNameserversResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -156,27 +200,48 @@ impl Hosting {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let service_id = convert::uuid("service_id", &req.service_id)?;
         if req.nameservers.len() < 2 || req.nameservers.len() > MAX_NAMESERVERS {
-            return Err(Error::invalid("nameservers", format!("give 2 to {MAX_NAMESERVERS} nameservers")));
+            return Err(Error::invalid(
+                "nameservers",
+                format!("give 2 to {MAX_NAMESERVERS} nameservers"),
+            ));
         }
         let mut nameservers = Vec::with_capacity(req.nameservers.len());
         for raw in &req.nameservers {
             let ns = convert::domain("nameservers", raw)?;
             if nameservers.contains(&ns) {
-                return Err(Error::invalid("nameservers", format!("`{ns}` is listed twice")));
+                return Err(Error::invalid(
+                    "nameservers",
+                    format!("`{ns}` is listed twice"),
+                ));
             }
             nameservers.push(ns);
         }
         let key = idempotency("UpdateNameservers", &request_id, &req)?;
-        let body = AccountCommand::UpdateNameservers { service_id, nameservers };
-        let done = app.execute_account(&call, account_id, body, key, |_| Ok(())).await?;
+        let body = AccountCommand::UpdateNameservers {
+            service_id,
+            nameservers,
+        };
+        let done = app
+            .execute_account(&call, account_id, body, key, |_| Ok(()))
+            .await?;
         let service = app
-            .read(&call, done.position, |m| m.billing.service(account_id, service_id).map(service_message))
+            .read(&call, done.position, |m| {
+                m.billing
+                    .service(account_id, service_id)
+                    .map(service_message)
+            })
             .await?
             .ok_or_else(|| Error::Internal("service missing from the read model".into()))?;
-        Ok(pb::UpdateNameserversResponse { service: Some(service), position: done.position })
+        Ok(pb::UpdateNameserversResponse {
+            service: Some(service),
+            position: done.position,
+        })
     }
 
-    async fn list(&self, request: Request<pb::ListServicesRequest>) -> Result<pb::ListServicesResponse> {
+    async fn list(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<pb::ListServicesResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let req = request.into_inner();
@@ -186,7 +251,9 @@ impl Hosting {
         let sees_hosting = loaded.aggregate.allows(user_id, Permission::Products);
         let sees_domains = loaded.aggregate.allows(user_id, Permission::Domains);
         if !sees_hosting && !sees_domains {
-            return Err(Error::PermissionDenied("caller lacks the PRODUCTS and DOMAINS permissions".into()));
+            return Err(Error::PermissionDenied(
+                "caller lacks the PRODUCTS and DOMAINS permissions".into(),
+            ));
         }
         let min = req.min_position.max(loaded.position);
         let services = app
@@ -203,6 +270,9 @@ impl Hosting {
             })
             .await?;
         let (services, next_page_token) = convert::page(services, req.page_size, &req.page_token)?;
-        Ok(pb::ListServicesResponse { services, next_page_token })
+        Ok(pb::ListServicesResponse {
+            services,
+            next_page_token,
+        })
     }
 }

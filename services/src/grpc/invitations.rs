@@ -95,19 +95,38 @@ impl InvitationService for Invitations {
         &self,
         request: Request<pb::AcceptInvitationRequest>,
     ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
-        respond(self.answer(request, true).await.map(|(account_id, permissions, position)| {
-            pb::AcceptInvitationResponse { account_id, permissions, position }
-        }))
+        respond(
+            self.answer(request, true)
+                .await
+                .map(
+                    |(account_id, permissions, position)| pb::AcceptInvitationResponse {
+                        account_id,
+                        permissions,
+                        position,
+                    },
+                ),
+        )
     }
 
     async fn decline_invitation(
         &self,
         request: Request<pb::DeclineInvitationRequest>,
     ) -> Result<Response<pb::DeclineInvitationResponse>, Status> {
-        let request = request.map(|r| pb::AcceptInvitationRequest { token: r.token, request_id: r.request_id });
-        respond(self.answer(request, false).await.map(|(account_id, permissions, position)| {
-            pb::DeclineInvitationResponse { account_id, permissions, position }
-        }))
+        let request = request.map(|r| pb::AcceptInvitationRequest {
+            token: r.token,
+            request_id: r.request_id,
+        });
+        respond(
+            self.answer(request, false)
+                .await
+                .map(
+                    |(account_id, permissions, position)| pb::DeclineInvitationResponse {
+                        account_id,
+                        permissions,
+                        position,
+                    },
+                ),
+        )
     }
 }
 
@@ -119,7 +138,10 @@ struct Answer {
 }
 
 impl Invitations {
-    async fn invite(&self, request: Request<pb::InviteUserRequest>) -> Result<pb::InviteUserResponse> {
+    async fn invite(
+        &self,
+        request: Request<pb::InviteUserRequest>,
+    ) -> Result<pb::InviteUserResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -130,10 +152,16 @@ impl Invitations {
             (true, true) => onbehalf_events::PermissionSet::full(),
             (false, false) => convert::permissions("permissions", &req.permissions)?,
             (true, false) => {
-                return Err(Error::invalid("full_access", "give either full_access or permissions, not both"))
+                return Err(Error::invalid(
+                    "full_access",
+                    "give either full_access or permissions, not both",
+                ))
             }
             (false, true) => {
-                return Err(Error::invalid("permissions", "give either full_access or at least one permission"))
+                return Err(Error::invalid(
+                    "permissions",
+                    "give either full_access or at least one permission",
+                ))
             }
         };
         let key = idempotency("InviteUser", &request_id, &req)?;
@@ -143,17 +171,39 @@ impl Invitations {
             .store()
             .find_reservation(EMAIL_SCOPE, &email.key())
             .await?
-            .and_then(|stream| stream.strip_prefix("user-").and_then(|id| Uuid::parse_str(id).ok()));
+            .and_then(|stream| {
+                stream
+                    .strip_prefix("user-")
+                    .and_then(|id| Uuid::parse_str(id).ok())
+            });
         let invitation_id = Uuid::new_v4();
         let ttl = app.settings().invitation_ttl;
-        let body = AccountCommand::Invite { invitation_id, email, invitee_user_id, permissions, ttl };
-        let done = app.execute_account(&call, account_id, body, key, |_| Ok(invitation_id)).await?;
+        let body = AccountCommand::Invite {
+            invitation_id,
+            email,
+            invitee_user_id,
+            permissions,
+            ttl,
+        };
+        let done = app
+            .execute_account(&call, account_id, body, key, |_| Ok(invitation_id))
+            .await?;
         let now = app.executor().clock().now();
-        let invitation = app.read(&call, done.position, |m| find_invitation(m, account_id, done.value, now)).await??;
-        Ok(pb::InviteUserResponse { invitation: Some(invitation), position: done.position })
+        let invitation = app
+            .read(&call, done.position, |m| {
+                find_invitation(m, account_id, done.value, now)
+            })
+            .await??;
+        Ok(pb::InviteUserResponse {
+            invitation: Some(invitation),
+            position: done.position,
+        })
     }
 
-    async fn resend(&self, request: Request<pb::ResendInvitationRequest>) -> Result<pb::ResendInvitationResponse> {
+    async fn resend(
+        &self,
+        request: Request<pb::ResendInvitationRequest>,
+    ) -> Result<pb::ResendInvitationResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -163,16 +213,30 @@ impl Invitations {
         let key = idempotency("ResendInvitation", &request_id, &req)?;
         let ttl = app.settings().invitation_ttl;
         let done = app
-            .execute_account(&call, account_id, AccountCommand::ResendInvitation { invitation_id, ttl }, key, |_| {
-                Ok(())
-            })
+            .execute_account(
+                &call,
+                account_id,
+                AccountCommand::ResendInvitation { invitation_id, ttl },
+                key,
+                |_| Ok(()),
+            )
             .await?;
         let now = app.executor().clock().now();
-        let invitation = app.read(&call, done.position, |m| find_invitation(m, account_id, invitation_id, now)).await??;
-        Ok(pb::ResendInvitationResponse { invitation: Some(invitation), position: done.position })
+        let invitation = app
+            .read(&call, done.position, |m| {
+                find_invitation(m, account_id, invitation_id, now)
+            })
+            .await??;
+        Ok(pb::ResendInvitationResponse {
+            invitation: Some(invitation),
+            position: done.position,
+        })
     }
 
-    async fn cancel(&self, request: Request<pb::CancelInvitationRequest>) -> Result<pb::CancelInvitationResponse> {
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelInvitationRequest>,
+    ) -> Result<pb::CancelInvitationResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -181,32 +245,65 @@ impl Invitations {
         let invitation_id = convert::uuid("invitation_id", &req.invitation_id)?;
         let key = idempotency("CancelInvitation", &request_id, &req)?;
         let done = app
-            .execute_account(&call, account_id, AccountCommand::CancelInvitation { invitation_id }, key, |_| Ok(()))
+            .execute_account(
+                &call,
+                account_id,
+                AccountCommand::CancelInvitation { invitation_id },
+                key,
+                |_| Ok(()),
+            )
             .await?;
         let now = app.executor().clock().now();
-        let invitation = app.read(&call, done.position, |m| find_invitation(m, account_id, invitation_id, now)).await??;
-        Ok(pb::CancelInvitationResponse { invitation: Some(invitation), position: done.position })
+        let invitation = app
+            .read(&call, done.position, |m| {
+                find_invitation(m, account_id, invitation_id, now)
+            })
+            .await??;
+        Ok(pb::CancelInvitationResponse {
+            invitation: Some(invitation),
+            position: done.position,
+        })
     }
 
-    async fn list(&self, request: Request<pb::ListInvitationsRequest>) -> Result<pb::ListInvitationsResponse> {
+    async fn list(
+        &self,
+        request: Request<pb::ListInvitationsRequest>,
+    ) -> Result<pb::ListInvitationsResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let req = request.into_inner();
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let loaded = app.load_account(account_id).await?;
-        if call.caller.actor.user_id().is_none() || loaded.aggregate.owner != call.caller.actor.user_id() {
-            return Err(Error::PermissionDenied("only the account owner lists its invitations".into()));
+        if call.caller.actor.user_id().is_none()
+            || loaded.aggregate.owner != call.caller.actor.user_id()
+        {
+            return Err(Error::PermissionDenied(
+                "only the account owner lists its invitations".into(),
+            ));
         }
         let now = app.executor().clock().now();
         let min = req.min_position.max(loaded.position);
         let invitations = app
-            .read(&call, min, |m| m.accounts.invitations(account_id, now).iter().map(invitation_message).collect())
+            .read(&call, min, |m| {
+                m.accounts
+                    .invitations(account_id, now)
+                    .iter()
+                    .map(invitation_message)
+                    .collect()
+            })
             .await?;
-        let (invitations, next_page_token) = convert::page(invitations, req.page_size, &req.page_token)?;
-        Ok(pb::ListInvitationsResponse { invitations, next_page_token })
+        let (invitations, next_page_token) =
+            convert::page(invitations, req.page_size, &req.page_token)?;
+        Ok(pb::ListInvitationsResponse {
+            invitations,
+            next_page_token,
+        })
     }
 
-    async fn list_mine(&self, request: Request<pb::ListMyInvitationsRequest>) -> Result<pb::ListMyInvitationsResponse> {
+    async fn list_mine(
+        &self,
+        request: Request<pb::ListMyInvitationsRequest>,
+    ) -> Result<pb::ListMyInvitationsResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let user_id = call.caller.user_id()?;
@@ -224,11 +321,19 @@ impl Invitations {
                     .collect()
             })
             .await?;
-        let (invitations, next_page_token) = convert::page(invitations, req.page_size, &req.page_token)?;
-        Ok(pb::ListMyInvitationsResponse { invitations, next_page_token })
+        let (invitations, next_page_token) =
+            convert::page(invitations, req.page_size, &req.page_token)?;
+        Ok(pb::ListMyInvitationsResponse {
+            invitations,
+            next_page_token,
+        })
     }
 
-    async fn answer(&self, request: Request<pb::AcceptInvitationRequest>, accept: bool) -> Result<(String, Vec<i32>, u64)> {
+    async fn answer(
+        &self,
+        request: Request<pb::AcceptInvitationRequest>,
+        accept: bool,
+    ) -> Result<(String, Vec<i32>, u64)> {
         let app = &self.0;
         let call = app.call(&request)?;
         let mut req = request.into_inner();
@@ -237,17 +342,34 @@ impl Invitations {
             return Err(Error::invalid("token", "is required"));
         }
         if req.token.len() > 512 {
-            return Err(Error::invalid("token", "is longer than any token this server issues"));
+            return Err(Error::invalid(
+                "token",
+                "is longer than any token this server issues",
+            ));
         }
-        let key = idempotency(if accept { "AcceptInvitation" } else { "DeclineInvitation" }, &request_id, &req)?;
+        let key = idempotency(
+            if accept {
+                "AcceptInvitation"
+            } else {
+                "DeclineInvitation"
+            },
+            &request_id,
+            &req,
+        )?;
         let claims = app.tokens().verify(&req.token)?;
         require_registered(app, &call).await?;
 
         let (invitation_id, generation) = (claims.invitation_id, claims.generation);
         let body = if accept {
-            AccountCommand::AcceptInvitation { invitation_id, generation }
+            AccountCommand::AcceptInvitation {
+                invitation_id,
+                generation,
+            }
         } else {
-            AccountCommand::DeclineInvitation { invitation_id, generation }
+            AccountCommand::DeclineInvitation {
+                invitation_id,
+                generation,
+            }
         };
         let done = app
             .execute_account(&call, claims.account_id, body, key, |account| {
@@ -256,7 +378,10 @@ impl Invitations {
                     .get(&invitation_id)
                     .map(|i| convert::permissions_to_pb(&i.permissions))
                     .unwrap_or_default();
-                Ok(Answer { account_id: claims.account_id, permissions })
+                Ok(Answer {
+                    account_id: claims.account_id,
+                    permissions,
+                })
             })
             .await
             .map_err(|e| match e {
@@ -264,6 +389,10 @@ impl Invitations {
                 Error::NotFound(_) => Error::NotFound("invitation not found for this token".into()),
                 other => other,
             })?;
-        Ok((done.value.account_id.to_string(), done.value.permissions, done.position))
+        Ok((
+            done.value.account_id.to_string(),
+            done.value.permissions,
+            done.position,
+        ))
     }
 }

@@ -46,7 +46,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { invitation_ttl: chrono::Duration::days(7), max_wait: Duration::from_secs(5) }
+        Self {
+            invitation_ttl: chrono::Duration::days(7),
+            max_wait: Duration::from_secs(5),
+        }
     }
 }
 
@@ -72,8 +75,18 @@ pub(crate) struct Call {
 
 impl App {
     /// The API state over an executor and the read side.
-    pub fn new(executor: Executor, read: ReadSide, tokens: Arc<InvitationTokens>, settings: Settings) -> Self {
-        Self(Arc::new(AppInner { executor, read, tokens, settings }))
+    pub fn new(
+        executor: Executor,
+        read: ReadSide,
+        tokens: Arc<InvitationTokens>,
+        settings: Settings,
+    ) -> Self {
+        Self(Arc::new(AppInner {
+            executor,
+            read,
+            tokens,
+            settings,
+        }))
     }
 
     pub(crate) fn executor(&self) -> &Executor {
@@ -113,7 +126,11 @@ impl App {
             let margin = (t / 10).clamp(Duration::from_millis(5), Duration::from_millis(200));
             t.saturating_sub(margin).min(self.0.settings.max_wait)
         });
-        Ok(Call { caller, metadata, deadline: Instant::now() + wait })
+        Ok(Call {
+            caller,
+            metadata,
+            deadline: Instant::now() + wait,
+        })
     }
 
     /// Waits for the read models to reach `min_position`, then reads them.
@@ -128,7 +145,8 @@ impl App {
 
     /// Loads a client account from the log; `NOT_FOUND` if it does not exist.
     pub(crate) async fn load_account(&self, account_id: Uuid) -> Result<Loaded<ClientAccount>> {
-        let loaded: Loaded<ClientAccount> = self.0.executor.load(&account_stream(account_id)).await?;
+        let loaded: Loaded<ClientAccount> =
+            self.0.executor.load(&account_stream(account_id)).await?;
         if !loaded.aggregate.exists() {
             return Err(Error::NotFound("account not found".into()));
         }
@@ -154,7 +172,9 @@ impl App {
             )),
             (Some(_), None) => Ok(loaded),
             (Some(held), Some(p)) if held.contains(p) => Ok(loaded),
-            (Some(_), Some(p)) => Err(Error::PermissionDenied(format!("caller lacks the {p} permission"))),
+            (Some(_), Some(p)) => Err(Error::PermissionDenied(format!(
+                "caller lacks the {p} permission"
+            ))),
         }
     }
 
@@ -178,9 +198,19 @@ impl App {
         }
         let mut metadata = call.metadata.clone();
         metadata.on_behalf_of = Some(account_id);
-        metadata.permission = body.required_permission().filter(|_| call.caller.actor.user_id().is_some());
-        self.execute::<ClientAccount, T, F>(call, account_stream(account_id), body, metadata, idempotency, vec![], outcome)
-            .await
+        metadata.permission = body
+            .required_permission()
+            .filter(|_| call.caller.actor.user_id().is_some());
+        self.execute::<ClientAccount, T, F>(
+            call,
+            account_stream(account_id),
+            body,
+            metadata,
+            idempotency,
+            vec![],
+            outcome,
+        )
+        .await
     }
 
     /// Executes a command on any stream.
@@ -202,9 +232,18 @@ impl App {
         T: Serialize + DeserializeOwned,
         F: Fn(&A) -> Result<T>,
     {
-        let context = CommandContext { actor: call.caller.actor.clone(), now: self.0.executor.clock().now() };
+        let context = CommandContext {
+            actor: call.caller.actor.clone(),
+            now: self.0.executor.clock().now(),
+        };
         let command = <A::Command as CommandBody>::wrap(context, body);
-        let execution = Execution { stream_id, command, metadata, idempotency, reservations };
+        let execution = Execution {
+            stream_id,
+            command,
+            metadata,
+            idempotency,
+            reservations,
+        };
         self.0.executor.execute(execution, outcome).await
     }
 }
@@ -237,8 +276,15 @@ pub(crate) fn idempotency<M: prost::Message>(
     digest.update(method.as_bytes());
     digest.update([0u8]);
     digest.update(message.encode_to_vec());
-    let request_hash = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(Some(Idempotency { request_id, request_hash }))
+    let request_hash = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Some(Idempotency {
+        request_id,
+        request_hash,
+    }))
 }
 
 /// The caller's deadline from the `grpc-timeout` header, if it sent one.
@@ -272,7 +318,9 @@ pub fn authenticator(
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| tonic::Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                tonic::Status::unauthenticated("authorization must be `Bearer <token>`")
+            })?;
         let caller = verifier.verify(token.trim()).map_err(tonic::Status::from)?;
         request.extensions_mut().insert(caller);
         Ok(request)
@@ -280,6 +328,10 @@ pub fn authenticator(
 }
 
 /// Turns a service-level result into a tonic response.
-pub(crate) fn respond<T>(result: Result<T>) -> std::result::Result<tonic::Response<T>, tonic::Status> {
-    result.map(tonic::Response::new).map_err(tonic::Status::from)
+pub(crate) fn respond<T>(
+    result: Result<T>,
+) -> std::result::Result<tonic::Response<T>, tonic::Status> {
+    result
+        .map(tonic::Response::new)
+        .map_err(tonic::Status::from)
 }

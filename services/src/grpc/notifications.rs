@@ -43,33 +43,58 @@ impl NotificationService for Notifications {
 }
 
 impl Notifications {
-    async fn list(&self, request: Request<pb::ListNotificationsRequest>) -> Result<pb::ListNotificationsResponse> {
+    async fn list(
+        &self,
+        request: Request<pb::ListNotificationsRequest>,
+    ) -> Result<pb::ListNotificationsResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         let req = request.into_inner();
         let service = call.caller.has_scope("notifications:read");
         let notifications = match (req.recipient_email.is_empty(), req.account_id.is_empty()) {
             (false, false) => {
-                return Err(Error::invalid("account_id", "give recipient_email or account_id, not both"))
+                return Err(Error::invalid(
+                    "account_id",
+                    "give recipient_email or account_id, not both",
+                ))
             }
             (true, true) if service => {
-                app.read(&call, req.min_position, |m| m.notifications.all().iter().map(notification_message).collect())
-                    .await?
+                app.read(&call, req.min_position, |m| {
+                    m.notifications
+                        .all()
+                        .iter()
+                        .map(notification_message)
+                        .collect()
+                })
+                .await?
             }
-            (true, true) => return Err(Error::invalid("recipient_email", "give recipient_email or account_id")),
+            (true, true) => {
+                return Err(Error::invalid(
+                    "recipient_email",
+                    "give recipient_email or account_id",
+                ))
+            }
             (false, true) => {
                 let email = convert::email("recipient_email", &req.recipient_email)?;
                 if !service {
                     let user_id = call.caller.user_id()?;
                     let own = app
-                        .read(&call, req.min_position, |m| m.accounts.user(user_id).map(|u| u.email.key()))
+                        .read(&call, req.min_position, |m| {
+                            m.accounts.user(user_id).map(|u| u.email.key())
+                        })
                         .await?;
                     if own.as_deref() != Some(email.key().as_str()) {
-                        return Err(Error::PermissionDenied("a user reads only its own email's notifications".into()));
+                        return Err(Error::PermissionDenied(
+                            "a user reads only its own email's notifications".into(),
+                        ));
                     }
                 }
                 app.read(&call, req.min_position, |m| {
-                    m.notifications.for_recipient(&email.key()).into_iter().map(notification_message).collect()
+                    m.notifications
+                        .for_recipient(&email.key())
+                        .into_iter()
+                        .map(notification_message)
+                        .collect()
                 })
                 .await?
             }
@@ -77,17 +102,29 @@ impl Notifications {
                 let account_id = convert::uuid("account_id", &req.account_id)?;
                 let mut min = req.min_position;
                 if !service {
-                    min = min.max(app.authorize_read(&call, account_id, Some(Permission::Emails)).await?.position);
+                    min = min.max(
+                        app.authorize_read(&call, account_id, Some(Permission::Emails))
+                            .await?
+                            .position,
+                    );
                 } else {
                     app.load_account(account_id).await?;
                 }
                 app.read(&call, min, |m| {
-                    m.notifications.for_account(account_id).into_iter().map(notification_message).collect()
+                    m.notifications
+                        .for_account(account_id)
+                        .into_iter()
+                        .map(notification_message)
+                        .collect()
                 })
                 .await?
             }
         };
-        let (notifications, next_page_token) = convert::page(notifications, req.page_size, &req.page_token)?;
-        Ok(pb::ListNotificationsResponse { notifications, next_page_token })
+        let (notifications, next_page_token) =
+            convert::page(notifications, req.page_size, &req.page_token)?;
+        Ok(pb::ListNotificationsResponse {
+            notifications,
+            next_page_token,
+        })
     }
 }

@@ -13,7 +13,10 @@ impl From<Error> for Status {
         let message = e.to_string();
         match e {
             Error::Unauthenticated(_) => Status::unauthenticated(message),
-            Error::InvalidArgument { field, message: description } => Status::with_error_details(
+            Error::InvalidArgument {
+                field,
+                message: description,
+            } => Status::with_error_details(
                 Code::InvalidArgument,
                 message,
                 ErrorDetails::with_bad_request_violation(field, description),

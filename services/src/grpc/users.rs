@@ -27,11 +27,16 @@ impl UserService for Users {
 }
 
 impl Users {
-    async fn register(&self, request: Request<pb::RegisterUserRequest>) -> Result<pb::RegisterUserResponse> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterUserRequest>,
+    ) -> Result<pb::RegisterUserResponse> {
         let app = &self.0;
         let call = app.call(&request)?;
         if !call.caller.has_scope("users:register") {
-            return Err(Error::PermissionDenied("needs a service token with scope users:register".into()));
+            return Err(Error::PermissionDenied(
+                "needs a service token with scope users:register".into(),
+            ));
         }
         let mut req = request.into_inner();
         let request_id = std::mem::take(&mut req.request_id);
@@ -40,16 +45,26 @@ impl Users {
         let key = idempotency("RegisterUser", &request_id, &req)?;
 
         let user_id = Uuid::new_v4();
-        let reservation = Reservation { scope: EMAIL_SCOPE.into(), key: email.key() };
+        let reservation = Reservation {
+            scope: EMAIL_SCOPE.into(),
+            key: email.key(),
+        };
         let done = app
             .execute::<User, Uuid, _>(
                 &call,
                 user_stream(user_id),
-                UserCommand::Register { user_id, email, display_name },
+                UserCommand::Register {
+                    user_id,
+                    email,
+                    display_name,
+                },
                 call.metadata.clone(),
                 key,
                 vec![reservation],
-                |user| user.user_id.ok_or_else(|| Error::Internal("user has no id".into())),
+                |user| {
+                    user.user_id
+                        .ok_or_else(|| Error::Internal("user has no id".into()))
+                },
             )
             .await?;
 
