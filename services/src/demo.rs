@@ -15,7 +15,6 @@ use pb::hosting_service_client::HostingServiceClient;
 use pb::invitation_service_client::InvitationServiceClient;
 use pb::notification_service_client::NotificationServiceClient;
 use pb::user_service_client::UserServiceClient;
-use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -41,22 +40,7 @@ pub const DESIGNER: &str = "designer@yourcompany.com";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-#[derive(Clone)]
-struct Bearer(MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Authed = InterceptedService<Channel, Bearer>;
+type Authed = crate::cli::AuthedChannel;
 
 /// Clients for one actor.
 struct As {
@@ -72,7 +56,7 @@ struct As {
 
 impl As {
     fn new(channel: &Channel, token: &str) -> Result<Self, Error> {
-        let bearer = Bearer(format!("Bearer {token}").parse()?);
+        let bearer = crate::cli::Bearer::new(token)?;
         let svc = || InterceptedService::new(channel.clone(), bearer.clone());
         Ok(Self {
             users: UserServiceClient::new(svc()),

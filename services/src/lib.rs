@@ -12,6 +12,7 @@
 )]
 
 pub mod auth;
+pub mod cli;
 pub mod clock;
 pub mod demo;
 pub mod domain;
