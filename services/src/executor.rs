@@ -152,7 +152,7 @@ impl Executor {
             }
         }
 
-        for _attempt in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let mut loaded: Loaded<A> = self.load(&execution.stream_id).await?;
             let sink = EventSink::default();
             loaded
@@ -184,7 +184,13 @@ impl Executor {
                         replayed: false,
                     });
                 }
-                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::Conflict { .. }) => {
+                    // Writers that collided would collide again at once; a short random pause
+                    // spreads their next attempts.
+                    let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=(2u64 << attempt));
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    continue;
+                }
                 Err(StoreError::DuplicateRequest(stored)) => {
                     let key = execution.idempotency.as_ref().ok_or_else(|| {
                         Error::Internal("store reported a duplicate request without one".into())
