@@ -80,6 +80,23 @@ impl AccountService for Accounts {
     }
 }
 
+/// Executes a command on an account and reads the account back at the command's position.
+async fn account_after(
+    app: &App,
+    call: &Call,
+    account_id: Uuid,
+    body: AccountCommand,
+    key: Option<crate::executor::Idempotency>,
+) -> Result<(pb::Account, crate::executor::Executed<()>)> {
+    let done = app
+        .execute_account(call, account_id, body, key, |_| Ok(()))
+        .await?;
+    let account = app
+        .read(call, done.position, |m| account_message(m, account_id))
+        .await??;
+    Ok((account, done))
+}
+
 /// Checks that the calling user is registered, on its own stream.
 pub(crate) async fn require_registered(app: &App, call: &Call) -> Result<Uuid> {
     let user_id = call.caller.user_id()?;
@@ -156,18 +173,14 @@ impl Accounts {
         let name = convert::name("name", &req.name)?;
         let email = convert::email("email", &req.email)?;
         let key = idempotency("UpdateAccountProfile", &request_id, &req)?;
-        let done = app
-            .execute_account(
-                &call,
-                account_id,
-                AccountCommand::UpdateProfile { name, email },
-                key,
-                |_| Ok(()),
-            )
-            .await?;
-        let account = app
-            .read(&call, done.position, |m| account_message(m, account_id))
-            .await??;
+        let (account, done) = account_after(
+            app,
+            &call,
+            account_id,
+            AccountCommand::UpdateProfile { name, email },
+            key,
+        )
+        .await?;
         Ok(pb::UpdateAccountProfileResponse {
             account: Some(account),
             position: done.position,
@@ -185,18 +198,14 @@ impl Accounts {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let new_owner_user_id = convert::uuid("new_owner_user_id", &req.new_owner_user_id)?;
         let key = idempotency("TransferOwnership", &request_id, &req)?;
-        let done = app
-            .execute_account(
-                &call,
-                account_id,
-                AccountCommand::TransferOwnership { new_owner_user_id },
-                key,
-                |_| Ok(()),
-            )
-            .await?;
-        let account = app
-            .read(&call, done.position, |m| account_message(m, account_id))
-            .await??;
+        let (account, done) = account_after(
+            app,
+            &call,
+            account_id,
+            AccountCommand::TransferOwnership { new_owner_user_id },
+            key,
+        )
+        .await?;
         Ok(pb::TransferOwnershipResponse {
             account: Some(account),
             position: done.position,
@@ -240,14 +249,9 @@ impl Accounts {
         let call = app.call(&request)?;
         let req = request.into_inner();
         let account_id = convert::uuid("account_id", &req.account_id)?;
-        let loaded = app.load_account(account_id).await?;
-        if call.caller.actor.user_id().is_none()
-            || loaded.aggregate.owner != call.caller.actor.user_id()
-        {
-            return Err(Error::PermissionDenied(
-                "only the account owner lists its members".into(),
-            ));
-        }
+        let loaded = app
+            .authorize_owner(&call, account_id, "lists its members")
+            .await?;
         let min = req.min_position.max(loaded.position);
         let members = app
             .read(&call, min, |m| {

@@ -54,6 +54,27 @@ fn find_invitation(
         .ok_or_else(|| Error::Internal("invitation missing from the read model".into()))
 }
 
+/// Executes a command on an invitation and reads it back at the command's position.
+async fn invitation_after(
+    app: &App,
+    call: &super::Call,
+    account_id: Uuid,
+    invitation_id: Uuid,
+    body: AccountCommand,
+    key: Option<crate::executor::Idempotency>,
+) -> Result<(pb::Invitation, crate::executor::Executed<()>)> {
+    let done = app
+        .execute_account(call, account_id, body, key, |_| Ok(()))
+        .await?;
+    let now = app.executor().clock().now();
+    let invitation = app
+        .read(call, done.position, |m| {
+            find_invitation(m, account_id, invitation_id, now)
+        })
+        .await??;
+    Ok((invitation, done))
+}
+
 #[tonic::async_trait]
 impl InvitationService for Invitations {
     async fn invite_user(
@@ -212,21 +233,15 @@ impl Invitations {
         let invitation_id = convert::uuid("invitation_id", &req.invitation_id)?;
         let key = idempotency("ResendInvitation", &request_id, &req)?;
         let ttl = app.settings().invitation_ttl;
-        let done = app
-            .execute_account(
-                &call,
-                account_id,
-                AccountCommand::ResendInvitation { invitation_id, ttl },
-                key,
-                |_| Ok(()),
-            )
-            .await?;
-        let now = app.executor().clock().now();
-        let invitation = app
-            .read(&call, done.position, |m| {
-                find_invitation(m, account_id, invitation_id, now)
-            })
-            .await??;
+        let (invitation, done) = invitation_after(
+            app,
+            &call,
+            account_id,
+            invitation_id,
+            AccountCommand::ResendInvitation { invitation_id, ttl },
+            key,
+        )
+        .await?;
         Ok(pb::ResendInvitationResponse {
             invitation: Some(invitation),
             position: done.position,
@@ -244,21 +259,15 @@ impl Invitations {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let invitation_id = convert::uuid("invitation_id", &req.invitation_id)?;
         let key = idempotency("CancelInvitation", &request_id, &req)?;
-        let done = app
-            .execute_account(
-                &call,
-                account_id,
-                AccountCommand::CancelInvitation { invitation_id },
-                key,
-                |_| Ok(()),
-            )
-            .await?;
-        let now = app.executor().clock().now();
-        let invitation = app
-            .read(&call, done.position, |m| {
-                find_invitation(m, account_id, invitation_id, now)
-            })
-            .await??;
+        let (invitation, done) = invitation_after(
+            app,
+            &call,
+            account_id,
+            invitation_id,
+            AccountCommand::CancelInvitation { invitation_id },
+            key,
+        )
+        .await?;
         Ok(pb::CancelInvitationResponse {
             invitation: Some(invitation),
             position: done.position,
@@ -273,14 +282,9 @@ impl Invitations {
         let call = app.call(&request)?;
         let req = request.into_inner();
         let account_id = convert::uuid("account_id", &req.account_id)?;
-        let loaded = app.load_account(account_id).await?;
-        if call.caller.actor.user_id().is_none()
-            || loaded.aggregate.owner != call.caller.actor.user_id()
-        {
-            return Err(Error::PermissionDenied(
-                "only the account owner lists its invitations".into(),
-            ));
-        }
+        let loaded = app
+            .authorize_owner(&call, account_id, "lists its invitations")
+            .await?;
         let now = app.executor().clock().now();
         let min = req.min_position.max(loaded.position);
         let invitations = app

@@ -178,6 +178,22 @@ impl App {
         }
     }
 
+    /// Loads an account and checks, on its current state, that the caller is its owner.
+    pub(crate) async fn authorize_owner(
+        &self,
+        call: &Call,
+        account_id: Uuid,
+        what: &str,
+    ) -> Result<Loaded<ClientAccount>> {
+        let loaded = self.load_account(account_id).await?;
+        match call.caller.actor.user_id() {
+            Some(user_id) if loaded.aggregate.owner == Some(user_id) => Ok(loaded),
+            _ => Err(Error::PermissionDenied(format!(
+                "only the account owner {what}"
+            ))),
+        }
+    }
+
     /// Executes a command on a client account's stream.
     pub(crate) async fn execute_account<T, F>(
         &self,
