@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "onbehalf/v1/billing.proto",
         "onbehalf/v1/notifications.proto",
         "onbehalf/v1/audit.proto",
+        "onbehalf/v1/history.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
