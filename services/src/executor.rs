@@ -103,6 +103,12 @@ impl Executor {
         &self.clock
     }
 
+    /// A receiver that sees the position of every append this executor makes from now on, for
+    /// readers of the log that want to be woken rather than poll.
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
     /// Loads an aggregate by folding every event of its stream.
     // LIMITATION: no snapshots yet; every command reads its whole stream, which grows with the account's history.
     pub async fn load<A>(&self, stream_id: &str) -> Result<Loaded<A>>

@@ -19,6 +19,7 @@ pub mod domain;
 pub mod error;
 pub mod executor;
 pub mod grpc;
+pub mod history;
 pub mod limit;
 pub mod read;
 pub mod server;

@@ -218,6 +218,10 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
         .add_service(guarded!(
             audit_service_server::AuditServiceServer,
             grpc::audit::Audit(app.clone())
+        ))
+        .add_service(guarded!(
+            history_service_server::HistoryServiceServer,
+            grpc::history::History(app.clone())
         ));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

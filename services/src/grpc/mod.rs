@@ -29,6 +29,7 @@ pub(crate) mod audit;
 pub(crate) mod billing;
 pub(crate) mod catalog;
 pub(crate) mod convert;
+pub(crate) mod history;
 pub(crate) mod hosting;
 pub(crate) mod invitations;
 pub(crate) mod notifications;
