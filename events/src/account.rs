@@ -70,6 +70,9 @@ pub enum AccountEvent {
         permissions: PermissionSet,
         /// When the invitation stops being acceptable.
         expires_at: DateTime<Utc>,
+        /// The user who sent the invitation (the owner at that moment). Added in version 2;
+        /// version 1 events receive it from their envelope's actor when they are upcast.
+        invited_by: Uuid,
     },
     /// The owner sent an invitation again; tokens of earlier sends no longer work.
     InvitationResent {
@@ -239,6 +242,14 @@ impl EventSchema for AccountEvent {
             AccountEvent::ServiceRenewed { .. } => "ServiceRenewed",
             AccountEvent::ServiceCancelled { .. } => "ServiceCancelled",
             AccountEvent::NameserversUpdated { .. } => "NameserversUpdated",
+        }
+    }
+
+    fn event_version(&self) -> &'static str {
+        match self {
+            // Version 2 added `invited_by`; see `crate::upcast` for the step from version 1.
+            AccountEvent::UserInvited { .. } => "2",
+            _ => "1",
         }
     }
 

@@ -21,6 +21,7 @@ pub use catalog::{Price, Product};
 pub mod envelope;
 pub mod permission;
 pub mod subjects;
+pub mod upcast;
 pub mod user;
 pub mod values;
 
@@ -29,13 +30,17 @@ pub use actor::Actor;
 pub use catalog::CatalogEvent;
 pub use envelope::{Metadata, StoredEvent};
 pub use permission::{Permission, PermissionSet};
+pub use upcast::{upcast, UpcastError};
 pub use user::UserEvent;
 
 /// Every event type knows its name, schema version and which of its fields hold personal data.
 pub trait EventSchema {
     /// The event's type name as stored in the log and shown in the audit trail.
     fn event_type(&self) -> &'static str;
-    /// The schema version of this event type's payload.
+    /// The schema version of this event type's payload, as written to the log.
+    ///
+    /// It must equal [`upcast::current_version`] of the type, so that [`upcast()`] brings
+    /// older stored events to exactly the shape this type decodes.
     fn event_version(&self) -> &'static str {
         "1"
     }

@@ -102,6 +102,8 @@ pub struct InvitationView {
     pub permissions: PermissionSet,
     /// When the invitation was first sent.
     pub invited_at: DateTime<Utc>,
+    /// The user who sent it: the owner at that moment.
+    pub invited_by: Uuid,
     /// When the latest send stops being acceptable.
     pub expires_at: DateTime<Utc>,
     /// How many times the invitation was sent before the latest send (0 until it is resent).
@@ -117,6 +119,7 @@ struct Invitation {
     email: Email,
     permissions: PermissionSet,
     invited_at: DateTime<Utc>,
+    invited_by: Uuid,
     expires_at: DateTime<Utc>,
     generation: u32,
     state: InvitationState,
@@ -297,6 +300,7 @@ impl AccountTree {
             email: invitation.email.clone(),
             permissions: invitation.permissions.clone(),
             invited_at: invitation.invited_at,
+            invited_by: invitation.invited_by,
             expires_at: invitation.expires_at,
             generation: invitation.generation,
             state: invitation.state_at(now),
@@ -364,6 +368,7 @@ impl AccountTree {
                 email,
                 permissions,
                 expires_at,
+                invited_by,
             } => {
                 let invitations = self.invitations.entry(account_id).or_default();
                 if invitations
@@ -377,6 +382,7 @@ impl AccountTree {
                     email: email.clone(),
                     permissions: permissions.clone(),
                     invited_at: stored.occurred_at,
+                    invited_by: *invited_by,
                     expires_at: *expires_at,
                     generation: 0,
                     state: InvitationState::Pending,

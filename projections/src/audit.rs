@@ -23,6 +23,9 @@ pub struct AuditEntry {
     pub stream_id: String,
     /// What happened: the event's type name, e.g. `InvoiceIssued`.
     pub action: String,
+    /// The schema version of the event as the read models folded it: always the current
+    /// version of its type, whatever version the stored row was written with.
+    pub event_version: String,
     /// Who issued the command.
     pub actor: Actor,
     /// The actor's user id, when the actor is a user.
@@ -95,6 +98,7 @@ impl AuditTrail {
             event_id: event.event_id,
             stream_id: event.stream_id.clone(),
             action: event.event_type.clone(),
+            event_version: event.event_version.clone(),
             actor: metadata.actor.clone(),
             actor_user_id,
             // Copied now, so that a later change of the user's email does not rewrite history.

@@ -27,7 +27,9 @@
 
 use std::sync::Arc;
 
-use onbehalf_events::{stream_type, AccountEvent, CatalogEvent, StoredEvent, UserEvent};
+use onbehalf_events::{
+    stream_type, upcast, AccountEvent, CatalogEvent, StoredEvent, UpcastError, UserEvent,
+};
 use uuid::Uuid;
 
 mod accounts;
@@ -91,6 +93,10 @@ pub enum ProjectionError {
         #[source]
         source: serde_json::Error,
     },
+    /// The event cannot be brought to the current version of its type (a version newer than
+    /// this release knows, or an older payload its upcast step cannot convert).
+    #[error(transparent)]
+    Upcast(#[from] UpcastError),
     /// A client account event whose stream id is not `account-<uuid>`.
     #[error("the event at position {position} is in stream `{stream_id}`, not `account-<uuid>`")]
     StreamId {
@@ -152,9 +158,13 @@ impl ReadModels {
 
     /// Folds the event at the next position into every read model.
     ///
+    /// The event may be stored at any version of its type: it is upcast to the current version
+    /// first, so every read model, the audit trail included, sees the current version only.
+    ///
     /// An event at or below [`position`](Self::position) is [`Applied::Skipped`]. An event
-    /// further ahead is refused with [`ProjectionError::Gap`], and one that does not decode with
-    /// [`ProjectionError::Decode`]; in both cases no read model and not the position change.
+    /// further ahead is refused with [`ProjectionError::Gap`], one that cannot be upcast with
+    /// [`ProjectionError::Upcast`], and one that does not decode with
+    /// [`ProjectionError::Decode`]; in every case no read model and not the position change.
     pub fn apply(&mut self, event: &StoredEvent) -> Result<Applied, ProjectionError> {
         if event.position <= self.position {
             return Ok(Applied::Skipped);
@@ -168,6 +178,14 @@ impl ReadModels {
         }
 
         // Every fallible step happens before the first change, so an error leaves no trace.
+        // Only an event stored at an older version is copied.
+        let upcast_event;
+        let event = if upcast::is_current(event) {
+            event
+        } else {
+            upcast_event = upcast(event.clone())?;
+            &upcast_event
+        };
         let decoded = decode(event)?;
 
         // The account tree and the ledger fold first: notifications and audit entries describe

@@ -92,10 +92,11 @@ impl fmt::Debug for Notification {
 
 /// Every routed notification, in position order, with indexes by recipient and account.
 ///
-/// Routing rules: invitations go to the invitee; orders, invoices, payments, renewals and
-/// cancellations go to the account's billing email as it was at that moment; membership and
-/// permission changes go to the owner and the affected user, once each. Members of a client
-/// account receive nothing else of it.
+/// Routing rules: invitations go to the invitee, naming who sent them; orders, invoices,
+/// payments, renewals and cancellations go to the account's billing email as it was at that
+/// moment; membership and permission changes go to the owner and the affected user, once each,
+/// and an acceptance also to the user who sent the invitation. Members of a client account
+/// receive nothing else of it.
 // LIMITATION: account contacts and members' opt-ins are not in the log yet, so billing and
 // service notices go to the billing email only.
 #[derive(Clone, Debug, Default)]
@@ -314,9 +315,9 @@ impl Context<'_> {
             }
 
             AccountEvent::InvitationAccepted {
+                invitation_id,
                 user_id,
                 permissions,
-                ..
             } => {
                 let who = self.user_label(*user_id);
                 let subject = format!("{who} joined {name}");
@@ -324,7 +325,19 @@ impl Context<'_> {
                     "{who} accepted an invitation and is now a member of {name} with {}.",
                     describe_permissions(permissions)
                 );
-                self.security(&[self.account.owner_user_id, *user_id], subject, body)
+                // The user who sent the invitation hears of the answer even when ownership has
+                // moved on since.
+                let mut recipients = vec![self.account.owner_user_id, *user_id];
+                recipients.extend(
+                    self.accounts
+                        .invitation(
+                            self.account.account_id,
+                            *invitation_id,
+                            self.event.occurred_at,
+                        )
+                        .map(|i| i.invited_by),
+                );
+                self.security(&recipients, subject, body)
             }
             AccountEvent::MemberRemoved { user_id, reason } => {
                 let who = self.user_label(*user_id);
@@ -401,9 +414,10 @@ impl Context<'_> {
         let name = self.account.name.as_str();
         let subject = format!("Invitation to manage {name}");
         let body = format!(
-            "You are invited to act on behalf of {name} with {}.\n\
+            "{} invited you to act on behalf of {name} with {}.\n\
              Accept the invitation: {url}\n\
              The invitation expires at {}.",
+            self.user_label(invitation.invited_by),
             describe_permissions(&invitation.permissions),
             invitation.expires_at.format("%Y-%m-%d %H:%M UTC"),
         );

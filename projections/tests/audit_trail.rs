@@ -68,6 +68,7 @@ fn an_entry_shows_who_acted_on_whose_behalf_with_the_actors_email_as_it_was() {
             event_id: payment.event_id,
             stream_id: account_stream(agency.abc),
             action: "PaymentReceived".into(),
+            event_version: "1".into(),
             actor: Actor::User(agency.designer),
             actor_user_id: Some(agency.designer),
             actor_email: Some(email("designer@yourcompany.com")),

@@ -49,6 +49,7 @@ fn a_pending_invitation_expires_once_now_reaches_its_expiry() {
         email: email("Accounts@ABC.co.tz"),
         permissions: perms(INVOICES_ONLY),
         invited_at: invited.occurred_at,
+        invited_by: agency.abc_owner,
         expires_at,
         generation: 0,
         state: InvitationState::Pending,
@@ -131,7 +132,8 @@ fn the_invitation_notice_carries_the_link_the_account_and_the_permissions() {
     assert_eq!(
         notice.body,
         format!(
-            "You are invited to act on behalf of ABC Company with full access.\n\
+            "Amina <admin@abc.co.tz> invited you to act on behalf of ABC Company with full \
+             access.\n\
              Accept the invitation: https://my.netpoa.test/invitations/accept?token={token}\n\
              The invitation expires at 2026-03-08 09:{:02} UTC.",
             notice.created_at.format("%M")
@@ -150,9 +152,9 @@ fn an_invitation_with_some_permissions_lists_them_by_name() {
     let models = fold(&log.events);
 
     let notice = models.notifications.for_recipient("accounts@abc.co.tz")[0];
-    assert!(notice
-        .body
-        .starts_with("You are invited to act on behalf of ABC Company with INVOICES.\n"));
+    assert!(notice.body.starts_with(
+        "Amina <admin@abc.co.tz> invited you to act on behalf of ABC Company with INVOICES.\n"
+    ));
     assert_eq!(notice.recipient_email, email("Accounts@ABC.co.tz"));
 }
 

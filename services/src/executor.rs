@@ -109,7 +109,8 @@ impl Executor {
         self.appended.subscribe()
     }
 
-    /// Loads an aggregate by folding every event of its stream.
+    /// Loads an aggregate by folding every event of its stream, each upcast to the current
+    /// version of its type; an event that cannot be upcast or decoded fails the load.
     // LIMITATION: no snapshots yet; every command reads its whole stream, which grows with the account's history.
     pub async fn load<A>(&self, stream_id: &str) -> Result<Loaded<A>>
     where
@@ -122,6 +123,10 @@ impl Executor {
             position: 0,
         };
         for stored in events {
+            // Older events are brought to the current version of their type before deciding.
+            let stored = onbehalf_events::upcast(stored).map_err(|e| {
+                Error::Internal(format!("stream {stream_id} cannot be loaded: {e}"))
+            })?;
             let event: A::Event = stored.decode().map_err(|e| {
                 Error::Internal(format!(
                     "event at position {} cannot be decoded: {e}",

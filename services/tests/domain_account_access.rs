@@ -124,6 +124,7 @@ fn invited(invitation_id: Uuid, invitee: &str, permissions: PermissionSet) -> Ac
         email: email(invitee),
         permissions,
         expires_at: now() + ttl(),
+        invited_by: OWNER,
     }
 }
 
@@ -441,6 +442,7 @@ fn the_owner_invites_the_designer_with_full_access() {
             email: email("designer@yourcompany.com"),
             permissions: PermissionSet::full(),
             expires_at: at(10, 9),
+            invited_by: OWNER,
         }]);
 }
 
@@ -464,6 +466,7 @@ fn the_owner_invites_with_a_chosen_set_of_permissions() {
             email: email("accounts@yourcompany.com"),
             permissions: billing_only,
             expires_at: at(5, 9),
+            invited_by: OWNER,
         }]);
 }
 
@@ -588,6 +591,7 @@ fn an_email_can_be_invited_again_once_its_invitation_has_expired() {
             email: email("designer@yourcompany.com"),
             permissions: PermissionSet::full(),
             expires_at: at(17, 9),
+            invited_by: OWNER,
         }]);
 }
 
@@ -617,6 +621,7 @@ fn an_email_can_be_invited_again_after_a_decline() {
             email: email("designer@yourcompany.com"),
             permissions: set(&[Permission::Products]),
             expires_at: at(10, 9),
+            invited_by: OWNER,
         }]);
 }
 
@@ -827,6 +832,7 @@ fn resending_an_expired_invitation_is_refused_while_a_newer_one_to_that_email_is
                 email: email("designer@yourcompany.com"),
                 permissions: set(&[Permission::Invoices]),
                 expires_at: at(19, 9),
+                invited_by: OWNER,
             },
         ])
         .when(by(

@@ -180,6 +180,7 @@ fn designer_joined(permissions: PermissionSet) -> Vec<AccountEvent> {
             email: email("designer@yourcompany.com"),
             permissions: permissions.clone(),
             expires_at: now() + chrono::Duration::days(7),
+            invited_by: OWNER,
         },
         AccountEvent::InvitationAccepted {
             invitation_id: INVITATION,

@@ -177,6 +177,7 @@ async fn set_up_agency(server: &TestServer) -> Agency {
                 state: pb::InvitationState::Pending as i32,
                 account_id: account.account_id.clone(),
                 account_name: name.into(),
+                invited_by_user_id: owner.user_id.clone(),
             }
         );
         invited_at = sent.position;

@@ -166,7 +166,11 @@ impl Log {
             stream_type::CLIENT_ACCOUNT,
             event_type,
             payload,
-        )
+        );
+        // The log holds each event at the version its type declares, as the executor writes it.
+        let stored = self.events.last_mut().unwrap();
+        stored.event_version = event.event_version().to_owned();
+        stored.clone()
     }
 
     pub fn push(
@@ -255,6 +259,7 @@ impl Log {
                 email: email(mail),
                 permissions,
                 expires_at,
+                invited_by: owner,
             },
         )
     }

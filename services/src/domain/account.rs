@@ -188,6 +188,8 @@ pub struct InvitationState {
     pub generation: u32,
     /// Where it stands.
     pub status: InvitationStatus,
+    /// The user who sent it.
+    pub invited_by: Uuid,
 }
 
 impl InvitationState {
@@ -452,7 +454,7 @@ impl ClientAccount {
                 permissions,
                 ttl,
             } => {
-                self.require_owner(ctx)?;
+                let invited_by = self.require_owner(ctx)?;
                 if permissions.is_empty() {
                     return Err(DomainError::invalid("permissions", "must not be empty"));
                 }
@@ -479,6 +481,7 @@ impl ClientAccount {
                     email,
                     permissions,
                     expires_at: now + ttl,
+                    invited_by,
                 }])
             }
             AccountCommand::ResendInvitation { invitation_id, ttl } => {
@@ -930,6 +933,7 @@ impl Aggregate for ClientAccount {
                 email,
                 permissions,
                 expires_at,
+                invited_by,
             } => {
                 self.invitations.insert(
                     invitation_id,
@@ -939,6 +943,7 @@ impl Aggregate for ClientAccount {
                         expires_at,
                         generation: 0,
                         status: InvitationStatus::Pending,
+                        invited_by,
                     },
                 );
             }

@@ -38,6 +38,7 @@ fn entry_message(e: &AuditEntry) -> pb::AuditEntry {
         },
         client_address: e.client_address.clone().unwrap_or_default(),
         event_id: e.event_id.to_string(),
+        event_version: e.event_version.clone(),
     }
 }
 

@@ -36,6 +36,7 @@ fn invitation_message(view: &InvitationView) -> pb::Invitation {
         state: state_to_pb(view.state),
         account_id: view.account_id.to_string(),
         account_name: view.account_name.to_string(),
+        invited_by_user_id: view.invited_by.to_string(),
     }
 }
 
