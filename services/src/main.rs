@@ -65,6 +65,15 @@ struct ServeArgs {
     /// Largest request message accepted, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_message_bytes: usize,
+    /// The server's TLS certificate chain (PEM); with `--tls-key`, the listener speaks TLS.
+    #[arg(long, env = "ONBEHALF_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server's TLS private key (PEM).
+    #[arg(long, env = "ONBEHALF_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A CA (PEM) whose certificates clients must present: mutual TLS.
+    #[arg(long, env = "ONBEHALF_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +155,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.invitation_secret_file = args.invitation_secret_file;
     config.accept_url_base = args.accept_url_base;
     config.max_message_bytes = args.max_message_bytes;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(server::TlsConfig {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        });
+    }
     config.settings = Settings {
         invitation_ttl: chrono::Duration::days(i64::from(args.invitation_ttl_days)),
         max_wait: std::time::Duration::from_millis(args.max_wait_ms),

@@ -48,6 +48,41 @@ pub struct ServerConfig {
     pub settings: Settings,
     /// The clock every decision reads.
     pub clock: Arc<dyn Clock>,
+    /// TLS for the gRPC listener; without it the server listens in plain text, on loopback only.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Where the listener's certificate and key are, and whether clients must present one.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::Internal(format!("cannot read the {what} {}: {e}", path.display())))
+}
+
+impl TlsConfig {
+    fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig> {
+        let identity = tonic::transport::Identity::from_pem(
+            read_pem(&self.cert, "TLS certificate")?,
+            read_pem(&self.key, "TLS key")?,
+        );
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read_pem(
+                ca,
+                "client CA",
+            )?));
+        }
+        Ok(config)
+    }
 }
 
 impl ServerConfig {
@@ -65,6 +100,7 @@ impl ServerConfig {
             max_message_bytes: 64 * 1024,
             settings: Settings::default(),
             clock: Arc::new(SystemClock),
+            tls: None,
         }
     }
 }
@@ -110,6 +146,17 @@ pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn EventStore>> {
 
 /// Starts the server and returns once it listens.
 pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
+    if config.tls.is_none() && !config.listen.ip().is_loopback() {
+        return Err(Error::FailedPrecondition(format!(
+            "refusing to listen in plain text on {}: plain text is for loopback only; give --tls-cert and --tls-key",
+            config.listen
+        )));
+    }
+    let tls = config
+        .tls
+        .as_ref()
+        .map(TlsConfig::server_config)
+        .transpose()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         Error::Internal(format!("cannot create {}: {e}", config.data_dir.display()))
     })?;
@@ -179,7 +226,13 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
             )
         };
     }
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::Internal(format!("cannot use the TLS configuration: {e}")))?;
+    }
+    let router = builder
         .layer(SizeLimitLayer::new(config.max_message_bytes))
         .add_service(health_service)
         .add_service(reflection)
@@ -233,7 +286,13 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
             .await
             .map_err(|e| Error::Internal(format!("server failed: {e}")))
     });
-    tracing::info!(%addr, "onbehalf listening");
+    match &config.tls {
+        Some(tls) if tls.client_ca.is_some() => {
+            tracing::info!(%addr, "onbehalf listening with mutual TLS")
+        }
+        Some(_) => tracing::info!(%addr, "onbehalf listening with TLS"),
+        None => tracing::info!(%addr, "onbehalf listening in plain text (loopback only)"),
+    }
     Ok(RunningServer {
         addr,
         shutdown: Some(shutdown_tx),
