@@ -91,10 +91,20 @@ pub struct AccountAt {
     pub invoices: Vec<InvoiceRecord>,
 }
 
-/// Decodes a stored event's payload into the event type of its stream.
+/// Brings a stored event to the current version of its type (see `onbehalf_events::upcast`).
+///
+/// The stored row is untouched; the copy has the current version's payload and `event_version`.
+pub fn upcast(event: StoredEvent) -> Result<StoredEvent> {
+    onbehalf_events::upcast(event).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Decodes a stored event's payload, upcast first, into the event type of its stream.
 ///
 /// This is the one place the history code turns stored payloads into events.
 pub fn decode<E: DeserializeOwned>(event: &StoredEvent) -> Result<E> {
+    if !onbehalf_events::upcast::is_current(event) {
+        return decode(&upcast(event.clone())?);
+    }
     event.decode().map_err(|e| {
         Error::Internal(format!(
             "event at position {} cannot be decoded: {e}",
@@ -113,6 +123,7 @@ pub fn fold_account(
 ) -> Result<AccountAt> {
     let mut at = AccountAt::default();
     for stored in stream.iter().take_while(include) {
+        let stored = &upcast(stored.clone())?;
         let event: AccountEvent = decode(stored)?;
         record_extras(&mut at, &event);
         at.state.apply(event);

@@ -243,8 +243,9 @@ impl History {
                     if !filter.matches(&event) {
                         continue;
                     }
-                    let message =
-                        envelope_message(&event).map(|envelope| pb::StreamEventsResponse {
+                    let message = history::upcast(event)
+                        .and_then(|event| envelope_message(&event))
+                        .map(|envelope| pb::StreamEventsResponse {
                             event: Some(envelope),
                         });
                     let failed = message.is_err();
@@ -340,7 +341,8 @@ impl Filter {
     }
 }
 
-/// An event of the log as its envelope message, payload as stored.
+/// An event of the log as its envelope message, with the payload and version as given: callers
+/// pass events upcast to the current version of their type, so `hash` is the stored row's.
 pub(crate) fn envelope_message(e: &StoredEvent) -> Result<pb::EventEnvelope> {
     let payload_json = serde_json::to_string(&e.payload).map_err(|err| {
         Error::Internal(format!(
@@ -428,7 +430,7 @@ fn account_message(
             } as i32,
             account_id: account_id.to_string(),
             account_name: name.to_string(),
-            ..Default::default()
+            invited_by_user_id: i.invited_by.to_string(),
         })
         .collect();
 
