@@ -240,7 +240,6 @@ impl Executor {
                         .map_err(|e| Error::Internal(format!("event cannot be encoded: {e}")))?,
                     metadata: execution.metadata.clone(),
                     key_id: None,
-                    hash: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

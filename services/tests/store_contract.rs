@@ -11,8 +11,9 @@ use chrono::{DateTime, Utc};
 use onbehalf::store::postgres::PostgresStore;
 use onbehalf::store::sqlite::SqliteStore;
 use onbehalf::store::{
-    AppendBatch, Appended, EventAppender, EventReader, EventStore, NewEvent, RequestLog,
-    RequestOutcome, RequestRecord, Reservation, StoreError,
+    verify_chain, AppendBatch, Appended, ChainHash, ChainReport, EventAppender, EventContent,
+    EventReader, EventStore, NewEvent, RequestLog, RequestOutcome, RequestRecord, Reservation,
+    StoreError, GENESIS_HASH,
 };
 use onbehalf::testing::{postgres_test_database, TempDataDir};
 use onbehalf_events::{Actor, Metadata, Permission, StoredEvent};
@@ -472,8 +473,6 @@ async fn every_envelope_field_round_trips_exactly<S: EventStore>(store: &S) {
     marked.event_version = "2.1".to_owned();
     marked.metadata = metadata.clone();
     marked.key_id = Some("key-user-6a1e".to_owned());
-    marked.hash =
-        Some("sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned());
 
     let mut append = batch("account-0b6f", 0, vec![plain.clone(), marked.clone()]);
     append.stream_type = "client_account".to_owned();
@@ -482,7 +481,7 @@ async fn every_envelope_field_round_trips_exactly<S: EventStore>(store: &S) {
     store.append(append).await.unwrap();
 
     let expected_time = DateTime::from_timestamp(1_712_345_678, 123_456_000).unwrap();
-    let expected = vec![
+    let mut expected = vec![
         StoredEvent {
             event_id: plain.event_id,
             position: 1,
@@ -509,13 +508,64 @@ async fn every_envelope_field_round_trips_exactly<S: EventStore>(store: &S) {
             payload: json!("just a string"),
             metadata,
             key_id: marked.key_id.clone(),
-            hash: marked.hash.clone(),
+            hash: None,
         },
     ];
+    // The store computed each event's link over exactly what reads back, chained from genesis.
+    let first = EventContent::of(&expected[0])
+        .chain_hash(&GENESIS_HASH)
+        .unwrap();
+    let second = EventContent::of(&expected[1]).chain_hash(&first).unwrap();
+    expected[0].hash = Some(first.to_string());
+    expected[1].hash = Some(second.to_string());
     assert_eq!(all(store).await, expected);
     assert_eq!(
         store.read_stream("account-0b6f", 0).await.unwrap(),
         expected
+    );
+}
+
+async fn every_event_links_to_the_one_before_and_the_log_verifies_to_its_head<S: EventStore>(
+    store: &S,
+) {
+    store
+        .append(batch(
+            "account-c",
+            0,
+            vec![event("X", json!({ "f": 0.1 })), event("Y", json!([1e300]))],
+        ))
+        .await
+        .unwrap();
+    store.append(one("account-d", 0, 7)).await.unwrap();
+
+    let log = all(store).await;
+    let mut previous = GENESIS_HASH;
+    for stored in &log {
+        let link = EventContent::of(stored).chain_hash(&previous).unwrap();
+        assert_eq!(
+            stored.hash,
+            Some(link.to_string()),
+            "position {}",
+            stored.position
+        );
+        previous = link;
+    }
+    assert_eq!(
+        verify_chain(store, 2).await.unwrap(),
+        ChainReport::Intact {
+            head: 3,
+            last_hash: ChainHash::parse(log[2].hash.as_deref().unwrap()).unwrap(),
+        }
+    );
+}
+
+async fn an_empty_log_verifies_to_position_zero_and_the_genesis_hash<S: EventStore>(store: &S) {
+    assert_eq!(
+        verify_chain(store, 100).await.unwrap(),
+        ChainReport::Intact {
+            head: 0,
+            last_hash: GENESIS_HASH,
+        }
     );
 }
 
@@ -569,6 +619,11 @@ where
     assert_eq!(store.head_position().await.unwrap(), total);
     let ids: HashSet<Uuid> = log.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len() as u64, total);
+    // Racing appenders each chained onto the head they committed after.
+    assert!(matches!(
+        verify_chain(store, 64).await.unwrap(),
+        ChainReport::Intact { head, .. } if head == total
+    ));
 
     // What each appender was told matches the log exactly.
     let mut told: Vec<u64> = landed
@@ -647,6 +702,8 @@ contract!(
     rejected_commands_are_not_remembered,
     empty_batch_is_rejected_and_writes_nothing,
     every_envelope_field_round_trips_exactly,
+    every_event_links_to_the_one_before_and_the_log_verifies_to_its_head,
+    an_empty_log_verifies_to_position_zero_and_the_genesis_hash,
     concurrent_appenders_produce_positions_one_to_n_without_gaps,
 );
 
@@ -667,7 +724,7 @@ async fn sqlite_data_survives_reopening_the_store() {
     };
 
     let store = SqliteStore::open(dir.path()).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
     assert_eq!(all(&store).await, written);
     assert_eq!(store.head_position().await.unwrap(), 2);
     assert_eq!(
@@ -702,7 +759,7 @@ async fn sqlite_creates_the_data_directory_and_its_database_file() {
     let store = SqliteStore::open(&nested).await.unwrap();
     assert_eq!(store.path(), nested.join("events.db"));
     assert!(nested.join("events.db").is_file());
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
 }
 
 #[tokio::test]

@@ -6,6 +6,9 @@
 //! committed (or rolled back, giving the position back). Readers never see a later position
 //! before an earlier one: there is no sequence whose numbers are handed out ahead of commit.
 //! `docs/decisions/0001-gap-free-positions.md` records why and what it costs.
+//!
+//! Under the same lock the append reads the head event's stored hash and computes each new
+//! event's link of the hash chain from it.
 
 use std::time::Duration;
 
@@ -185,6 +188,7 @@ impl PostgresStore {
 
         let store = PostgresStore { pool };
         store.migrate().await?;
+        store.seal_unhashed().await?;
         Ok(store)
     }
 
@@ -215,6 +219,77 @@ impl PostgresStore {
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         self.pool.get().await.map_err(map_pool_err)
+    }
+
+    /// Gives the events written before the store kept a hash chain their links, in position
+    /// order, in one transaction holding the head lock (so no append interleaves).
+    ///
+    /// Such a log has no hash on its first event (a chained log has one on every event), so an
+    /// up-to-date log costs one lookup. The chain vouches for those events from the moment they
+    /// are sealed, not from when they were written.
+    async fn seal_unhashed(&self) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_err)?;
+        tx.execute(
+            "SELECT position FROM event_head WHERE singleton FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(map_err)?;
+        let first = tx
+            .query_opt("SELECT hash FROM events ORDER BY position LIMIT 1", &[])
+            .await
+            .map_err(map_err)?;
+        let first: Option<Option<String>> = first
+            .map(|row| row.try_get(0).map_err(corrupt))
+            .transpose()?;
+        if !matches!(first, Some(None)) {
+            return Ok(());
+        }
+        let select = tx
+            .prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 \
+                 ORDER BY position LIMIT 1000"
+            ))
+            .await
+            .map_err(map_err)?;
+        let update = tx
+            .prepare("UPDATE events SET hash = $1 WHERE position = $2")
+            .await
+            .map_err(map_err)?;
+        let mut previous = super::GENESIS_HASH;
+        let mut after = 0u64;
+        loop {
+            let rows = tx
+                .query(&select, &[&to_sql_int(after)])
+                .await
+                .map_err(map_err)?;
+            let events = rows
+                .iter()
+                .map(decode_event)
+                .collect::<StoreResult<Vec<_>>>()?;
+            let Some(last) = events.last() else { break };
+            after = last.position;
+            for event in &events {
+                let link = match event.hash.as_deref() {
+                    None => super::EventContent::of(event).chain_hash(&previous)?,
+                    Some(stored) => super::ChainHash::parse(stored).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "event at position {} carries no valid hash",
+                            event.position
+                        ))
+                    })?,
+                };
+                if event.hash.is_none() {
+                    tx.execute(&update, &[&link.to_string(), &to_sql_int(event.position)])
+                        .await
+                        .map_err(map_err)?;
+                }
+                previous = link;
+            }
+        }
+        tracing::info!(head = after, "sealed the log's events into the hash chain");
+        tx.commit().await.map_err(map_err)
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -282,6 +357,7 @@ impl PostgresStore {
             .try_get(0)
             .map_err(corrupt)?;
         let head = to_u64(head, "head position")?;
+        let previous = super::head_link(head, head_hash(&tx, head).await?)?;
 
         if let Some(request) = &batch.request {
             if let Some(outcome) = find_request_in(&tx, &request.actor, &request.request_id).await?
@@ -340,11 +416,14 @@ impl PostgresStore {
             )
             .await
             .map_err(map_err)?;
+        let stored_at = super::stored_time(batch.occurred_at)?;
+        let links = super::batch_hashes(&batch, stored_at, head, actual, previous)?;
         let mut position = head;
         let mut version = actual;
-        for event in &batch.events {
+        for (event, link) in batch.events.iter().zip(&links) {
             position += 1;
             version += 1;
+            let link = link.to_string();
             let metadata = serde_json::to_value(&event.metadata)
                 .map_err(|e| StoreError::Backend(Box::new(e)))?;
             tx.execute(
@@ -355,13 +434,13 @@ impl PostgresStore {
                     &batch.stream_id,
                     &batch.stream_type,
                     &to_sql_int(version),
-                    &batch.occurred_at,
+                    &stored_at,
                     &event.event_type,
                     &event.event_version,
                     &event.payload,
                     &metadata,
                     &event.key_id,
-                    &event.hash,
+                    &link,
                 ],
             )
             .await
@@ -498,6 +577,22 @@ fn to_sql_int(value: u64) -> i64 {
 
 fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what}: {value}")))
+}
+
+/// The stored hash of the event at `head`: `None` when there is no such row.
+async fn head_hash(
+    client: &impl deadpool_postgres::GenericClient,
+    head: u64,
+) -> StoreResult<Option<Option<String>>> {
+    let stmt = client
+        .prepare_cached("SELECT hash FROM events WHERE position = $1")
+        .await
+        .map_err(map_err)?;
+    let row = client
+        .query_opt(&stmt, &[&to_sql_int(head)])
+        .await
+        .map_err(map_err)?;
+    row.map(|row| row.try_get(0).map_err(corrupt)).transpose()
 }
 
 fn decode_event(row: &Row) -> StoreResult<StoredEvent> {

@@ -4,6 +4,11 @@
 //! taken only by the one transaction that holds SQLite's write lock and it is visible before the
 //! next append can take the following one. Reads use a second connection; in WAL mode they see
 //! the last committed append and never wait for a writer.
+//!
+//! The head position is kept in a one-row table `event_head`, advanced by every append in its
+//! transaction, so that a row removed from or added to the end of `events` by hand shows against
+//! it. Each event's link of the hash chain is computed in the same transaction, from the head
+//! event's stored hash.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +31,8 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The schema, one step per entry; step `n` brings the database to version `n + 1`.
 ///
 /// Steps are never edited once released: a change is a new step.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     position      INTEGER PRIMARY KEY,
     event_id      TEXT    NOT NULL UNIQUE,
@@ -56,7 +62,15 @@ CREATE TABLE requests (
     position     INTEGER NOT NULL,
     PRIMARY KEY (actor, request_id)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE event_head (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    position  INTEGER NOT NULL
+);
+INSERT INTO event_head (singleton, position) SELECT 1, COALESCE(MAX(position), 0) FROM events;
+"#,
+];
 
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_type, version, occurred_at, \
      event_type, event_version, payload, metadata, key_id, hash";
@@ -102,6 +116,7 @@ impl SqliteStore {
 
         let mut writer = connect(&path)?;
         migrate(&mut writer)?;
+        seal_unhashed(&mut writer)?;
         let reader = connect(&path)?;
 
         Ok(SqliteStore {
@@ -372,6 +387,82 @@ fn to_json(value: &impl serde::Serialize) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Backend(Box::new(e)))
 }
 
+/// The head position the appends recorded.
+fn read_head(conn: &Connection) -> StoreResult<u64> {
+    let head: i64 = conn
+        .prepare_cached("SELECT position FROM event_head WHERE singleton = 1")
+        .map_err(map_err)?
+        .query_row([], |row| row.get(0))
+        .map_err(map_err)?;
+    to_u64(head, "head position")
+}
+
+/// The stored hash of the event at `head`: `None` when there is no such row.
+fn head_hash(conn: &Connection, head: u64) -> StoreResult<Option<Option<String>>> {
+    conn.prepare_cached("SELECT hash FROM events WHERE position = ?1")
+        .map_err(map_err)?
+        .query_row(params![to_sql_int(head)], |row| row.get(0))
+        .optional()
+        .map_err(map_err)
+}
+
+/// Gives the events written before the store kept a hash chain their links, in position order,
+/// all in one write transaction.
+///
+/// Such a log has no hash on its first event (a chained log has one on every event), so an
+/// up-to-date log costs one lookup. The chain vouches for those events from the moment they are
+/// sealed, not from when they were written.
+fn seal_unhashed(conn: &mut Connection) -> StoreResult<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let first: Option<Option<String>> = tx
+        .query_row(
+            "SELECT hash FROM events ORDER BY position LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(map_err)?;
+    if !matches!(first, Some(None)) {
+        return Ok(());
+    }
+    let mut previous = super::GENESIS_HASH;
+    let mut after = 0u64;
+    loop {
+        let events = query_events(
+            &tx,
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 \
+                 ORDER BY position LIMIT 1000"
+            ),
+            params![to_sql_int(after)],
+        )?;
+        let Some(last) = events.last() else { break };
+        after = last.position;
+        for event in &events {
+            let link = match event.hash.as_deref() {
+                None => super::EventContent::of(event).chain_hash(&previous)?,
+                Some(stored) => super::ChainHash::parse(stored).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "event at position {} carries no valid hash",
+                        event.position
+                    ))
+                })?,
+            };
+            if event.hash.is_none() {
+                tx.prepare_cached("UPDATE events SET hash = ?1 WHERE position = ?2")
+                    .map_err(map_err)?
+                    .execute(params![link.to_string(), to_sql_int(event.position)])
+                    .map_err(map_err)?;
+            }
+            previous = link;
+        }
+    }
+    tracing::info!(head = after, "sealed the log's events into the hash chain");
+    tx.commit().map_err(map_err)
+}
+
 fn append_blocking(conn: &mut Connection, batch: AppendBatch) -> StoreResult<Appended> {
     super::check_batch(&batch)?;
 
@@ -418,13 +509,11 @@ fn append_blocking(conn: &mut Connection, batch: AppendBatch) -> StoreResult<App
         }
     }
 
-    let head: i64 = tx
-        .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
-            row.get(0)
-        })
-        .map_err(map_err)?;
-    let head = to_u64(head, "position")?;
-    let occurred_at = batch.occurred_at.timestamp_micros();
+    let head = read_head(&tx)?;
+    let previous = super::head_link(head, head_hash(&tx, head)?)?;
+    let stored_at = super::stored_time(batch.occurred_at)?;
+    let links = super::batch_hashes(&batch, stored_at, head, actual, previous)?;
+    let occurred_at = stored_at.timestamp_micros();
     let mut position = head;
     let mut version = actual;
     {
@@ -435,7 +524,7 @@ fn append_blocking(conn: &mut Connection, batch: AppendBatch) -> StoreResult<App
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .map_err(map_err)?;
-        for event in &batch.events {
+        for (event, link) in batch.events.iter().zip(&links) {
             position += 1;
             version += 1;
             insert
@@ -451,7 +540,7 @@ fn append_blocking(conn: &mut Connection, batch: AppendBatch) -> StoreResult<App
                     to_json(&event.payload)?,
                     to_json(&event.metadata)?,
                     event.key_id,
-                    event.hash,
+                    link.to_string(),
                 ])
                 .map_err(|e| {
                     // The stream version was checked under the write lock, so the only
@@ -482,6 +571,11 @@ fn append_blocking(conn: &mut Connection, batch: AppendBatch) -> StoreResult<App
         ])
         .map_err(map_err)?;
     }
+
+    tx.prepare_cached("UPDATE event_head SET position = ?1 WHERE singleton = 1")
+        .map_err(map_err)?
+        .execute(params![to_sql_int(position)])
+        .map_err(map_err)?;
 
     tx.commit().map_err(map_err)?;
     Ok(Appended {
@@ -528,15 +622,7 @@ impl EventReader for SqliteStore {
     }
 
     async fn head_position(&self) -> StoreResult<u64> {
-        self.with_reader(|conn| {
-            let head: i64 = conn
-                .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
-                    row.get(0)
-                })
-                .map_err(map_err)?;
-            to_u64(head, "position")
-        })
-        .await
+        self.with_reader(read_head).await
     }
 }
 
