@@ -173,8 +173,8 @@ fn record_extras(at: &mut AccountAt, event: &AccountEvent) {
 /// Checks that `point` names a moment the log has reached, and returns that moment: the time
 /// itself, or the commit time of the event at the position.
 ///
-/// A position of 0 or beyond the log's head, and a time later than `now`, are `INVALID_ARGUMENT`
-/// on `position` or `time`: the log holds nothing about them yet.
+/// A position of 0 or beyond the log's head, and a time later than `now` (the server's clock),
+/// are `INVALID_ARGUMENT` on `position` or `time`: the log holds nothing about them yet.
 pub async fn moment_of(
     store: &dyn EventStore,
     point: Point,
@@ -183,7 +183,7 @@ pub async fn moment_of(
     match point {
         Point::Time(t) if t > now => Err(Error::invalid(
             "time",
-            format!("is after the server's clock ({})", rfc3339(now)),
+            format!("is later than now ({})", rfc3339(now)),
         )),
         Point::Time(t) => Ok(t),
         Point::Position(0) => Err(Error::invalid("position", "must be at least 1")),

@@ -33,6 +33,7 @@ use pb::account_service_client::AccountServiceClient;
 use pb::audit_service_client::AuditServiceClient;
 use pb::billing_service_client::BillingServiceClient;
 use pb::catalog_service_client::CatalogServiceClient;
+use pb::history_service_client::HistoryServiceClient;
 use pb::hosting_service_client::HostingServiceClient;
 use pb::invitation_service_client::InvitationServiceClient;
 use pb::notification_service_client::NotificationServiceClient;
@@ -60,6 +61,7 @@ pub const ALL_SCOPES: &[&str] = &[
     "notifications:read",
     "audit:read",
     "access:check",
+    "events:read",
 ];
 
 /// The currency of the test catalogue.
@@ -532,6 +534,11 @@ impl Clients {
     /// `AuditService`.
     pub fn audit(&self) -> AuditServiceClient<Authed> {
         AuditServiceClient::new(self.authed())
+    }
+
+    /// `HistoryService`.
+    pub fn history(&self) -> HistoryServiceClient<Authed> {
+        HistoryServiceClient::new(self.authed())
     }
 }
 
