@@ -49,9 +49,57 @@ pub struct AuditEntry {
     pub user_agent: Option<String>,
 }
 
+/// Which entries a query of the trail selects; `None` fields select everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Entries that concern this client account ([`AuditTrail::for_account`]).
+    pub account_id: Option<Uuid>,
+    /// Entries whose actor is this user.
+    pub actor_user_id: Option<Uuid>,
+    /// Entries of this action (event type name), compared exactly.
+    pub action: Option<String>,
+    /// Entries committed at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Entries committed strictly before this time.
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl AuditFilter {
+    /// Whether `entry` passes every field of the filter except `account_id`, which selects the
+    /// account's index rather than a field of the entry.
+    fn admits(&self, entry: &AuditEntry) -> bool {
+        self.actor_user_id
+            .is_none_or(|user| entry.actor_user_id == Some(user))
+            && self
+                .action
+                .as_deref()
+                .is_none_or(|action| entry.action == action)
+            && self.from.is_none_or(|from| entry.occurred_at >= from)
+            && self.to.is_none_or(|to| entry.occurred_at < to)
+    }
+}
+
+/// The order of a query's entries, by position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuditOrder {
+    /// Ascending positions.
+    #[default]
+    OldestFirst,
+    /// Descending positions.
+    NewestFirst,
+}
+
+/// One page of a query of the trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditPage<'a> {
+    /// The entries, in the query's order.
+    pub entries: Vec<&'a AuditEntry>,
+    /// The cursor of the next page: the position of the last entry returned, when at least one
+    /// more entry matches beyond it; `None` on the last page.
+    pub next: Option<u64>,
+}
+
 /// One [`AuditEntry`] per event of every stream, in position order.
-// LIMITATION: entries are neither paginated nor verified against the event hash chain here;
-// callers slice the returned lists themselves.
 #[derive(Clone, Debug, Default)]
 pub struct AuditTrail {
     entries: Vec<AuditEntry>,
@@ -74,6 +122,58 @@ impl AuditTrail {
     /// Every entry in position order.
     pub fn all(&self) -> &[AuditEntry] {
         &self.entries
+    }
+
+    /// Up to `limit` entries matching `filter`, in `order`, that come strictly after the cursor
+    /// `after` in that order (greater positions oldest first, smaller positions newest first)
+    /// and lie at or below position `until`.
+    ///
+    /// Cursors are positions, not offsets, so entries folded in between two calls never shift a
+    /// later page: oldest first they can only come after it, newest first they lie before the
+    /// first page's cursor. A `limit` of 0 returns no entries and no cursor.
+    pub fn page(
+        &self,
+        filter: &AuditFilter,
+        order: AuditOrder,
+        after: Option<u64>,
+        until: u64,
+        limit: usize,
+    ) -> AuditPage<'_> {
+        let index = match (filter.account_id, filter.actor_user_id) {
+            (Some(account_id), _) => Some(self.by_account.get(&account_id)),
+            (None, Some(user_id)) => Some(self.by_actor.get(&user_id)),
+            (None, None) => None,
+        };
+        let candidates: Box<dyn Iterator<Item = &AuditEntry> + '_> = match index {
+            None => {
+                let (start, end) = window(&self.entries, |e| e.position, order, after, until);
+                match order {
+                    AuditOrder::OldestFirst => Box::new(self.entries[start..end].iter()),
+                    AuditOrder::NewestFirst => Box::new(self.entries[start..end].iter().rev()),
+                }
+            }
+            Some(None) => Box::new(std::iter::empty()),
+            Some(Some(indexes)) => {
+                let position = |i: &usize| self.entries.get(*i).map_or(u64::MAX, |e| e.position);
+                let (start, end) = window(indexes, position, order, after, until);
+                let entry = move |i: &usize| self.entries.get(*i);
+                match order {
+                    AuditOrder::OldestFirst => {
+                        Box::new(indexes[start..end].iter().filter_map(entry))
+                    }
+                    AuditOrder::NewestFirst => {
+                        Box::new(indexes[start..end].iter().rev().filter_map(entry))
+                    }
+                }
+            }
+        };
+        let mut matching = candidates.filter(|entry| filter.admits(entry));
+        let entries: Vec<&AuditEntry> = matching.by_ref().take(limit).collect();
+        let next = match entries.last() {
+            Some(last) if matching.next().is_some() => Some(last.position),
+            _ => None,
+        };
+        AuditPage { entries, next }
     }
 
     fn pick(&self, indexes: Option<&Vec<usize>>) -> Vec<&AuditEntry> {
@@ -127,6 +227,29 @@ impl AuditTrail {
         }
         if let Some(user_id) = actor_user_id {
             self.by_actor.entry(user_id).or_default().push(index);
+        }
+    }
+}
+
+/// The range of `items` (ascending by `position`) a page may take from: at or below `until`,
+/// and beyond the cursor `after` in `order`.
+fn window<T>(
+    items: &[T],
+    position: impl Fn(&T) -> u64,
+    order: AuditOrder,
+    after: Option<u64>,
+    until: u64,
+) -> (usize, usize) {
+    let end = items.partition_point(|item| position(item) <= until);
+    let bounded = &items[..end];
+    match (order, after) {
+        (_, None) => (0, end),
+        (AuditOrder::OldestFirst, Some(cursor)) => (
+            bounded.partition_point(|item| position(item) <= cursor),
+            end,
+        ),
+        (AuditOrder::NewestFirst, Some(cursor)) => {
+            (0, bounded.partition_point(|item| position(item) < cursor))
         }
     }
 }

@@ -43,7 +43,7 @@ pub use accounts::{
     AccessibleAccount, AccountTree, AccountView, InvitationState, InvitationView, MemberView, Role,
     UserView,
 };
-pub use audit::{AuditEntry, AuditTrail};
+pub use audit::{AuditEntry, AuditFilter, AuditOrder, AuditPage, AuditTrail};
 pub use billing::{
     BillingLedger, InvoiceStatus, InvoiceView, PaymentView, ServiceStatus, ServiceView,
 };
