@@ -28,6 +28,9 @@ enum Command {
     Token(TokenArgs),
     /// Run the agency walkthrough against a running server and print a report.
     Demo(DemoArgs),
+    /// Export the audit trail or verify the log's hash chain through a server (scope
+    /// `audit:read`).
+    Audit(onbehalf::cli::audit::AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +220,9 @@ async fn main() -> ExitCode {
         }
         Command::Token(args) => token(args),
         Command::Demo(args) => onbehalf::demo::run(&args.server, &args.data_dir)
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Audit(args) => onbehalf::cli::audit::run(&args, &mut std::io::stdout())
             .await
             .map_err(|e| e.to_string()),
     };

@@ -16,6 +16,8 @@ use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::EventStore;
 
+pub mod audit;
+
 /// How a subcommand reaches a running server.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
