@@ -269,6 +269,15 @@ impl TestServer {
             .expect("the log's head is readable")
     }
 
+    /// Every event durably in the log, in position order, read from the store itself rather
+    /// than from the server's read models.
+    pub async fn stored_events(&self) -> Vec<onbehalf_events::StoredEvent> {
+        self.observer
+            .read_all(0, usize::MAX)
+            .await
+            .expect("the log is readable")
+    }
+
     /// Registers a user through a service with `users:register` and returns clients acting
     /// as that user.
     pub async fn register(&self, email: &str, display_name: &str) -> Person {
