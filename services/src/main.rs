@@ -31,6 +31,12 @@ enum Command {
     /// Export the audit trail or verify the log's hash chain through a server (scope
     /// `audit:read`).
     Audit(onbehalf::cli::audit::AuditArgs),
+    /// Print the log's events, one line each, through a server (scope `events:read`).
+    Events(onbehalf::cli::history::EventsArgs),
+    /// Rebuild the read models offline up to a position or time and print the accounts.
+    Replay(onbehalf::cli::history::ReplayArgs),
+    /// Print a client account's write model at a stream version, and the events that led there.
+    Aggregate(onbehalf::cli::history::AggregateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -225,6 +231,19 @@ async fn main() -> ExitCode {
         Command::Audit(args) => onbehalf::cli::audit::run(&args, &mut std::io::stdout())
             .await
             .map_err(|e| e.to_string()),
+        Command::Events(args) => onbehalf::cli::history::events(&args, &mut std::io::stdout())
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Replay(args) => {
+            onbehalf::cli::history::replay(&args, &mut std::io::stdout(), &mut std::io::stderr())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::Aggregate(args) => {
+            onbehalf::cli::history::aggregate(&args, &mut std::io::stdout())
+                .await
+                .map_err(|e| e.to_string())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

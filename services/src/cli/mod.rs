@@ -17,6 +17,7 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::EventStore;
 
 pub mod audit;
+pub mod history;
 
 /// How a subcommand reaches a running server.
 #[derive(Debug, Clone, Args)]
