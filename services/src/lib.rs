@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod history;
 pub mod limit;
 pub mod read;
+pub mod relay;
 pub mod server;
 pub mod store;
 pub mod testing;

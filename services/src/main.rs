@@ -37,6 +37,8 @@ enum Command {
     Replay(onbehalf::cli::history::ReplayArgs),
     /// Print a client account's write model at a stream version, and the events that led there.
     Aggregate(onbehalf::cli::history::AggregateArgs),
+    /// Carry committed events from the PostgreSQL log to NATS JetStream.
+    Relay(onbehalf::relay::RelayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +243,12 @@ async fn main() -> ExitCode {
         }
         Command::Aggregate(args) => {
             onbehalf::cli::history::aggregate(&args, &mut std::io::stdout())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::Relay(args) => {
+            init_tracing();
+            onbehalf::relay::run_cli(args)
                 .await
                 .map_err(|e| e.to_string())
         }
