@@ -273,13 +273,11 @@ fn present(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
-fn occurred_at(envelope: &pb::EventEnvelope) -> String {
+fn occurred_at(envelope: &pb::EventEnvelope) -> Option<DateTime<Utc>> {
     envelope
         .occurred_at
         .as_ref()
-        .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-        .map(history::rfc3339)
-        .unwrap_or_default()
+        .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
 }
 
 fn actor_kind(raw: i32) -> &'static str {
@@ -306,7 +304,7 @@ fn json_line(e: &pb::EventEnvelope) -> Result<String> {
     let line = JsonEvent {
         position: e.position,
         event_id: e.event_id.clone(),
-        occurred_at: occurred_at(e),
+        occurred_at: occurred_at(e).map(history::rfc3339).unwrap_or_default(),
         stream_id: e.stream_id.clone(),
         stream_type: e.stream_type.clone(),
         version: e.version,
@@ -346,13 +344,18 @@ fn event_line(e: &pb::EventEnvelope, names: &Names) -> String {
     let line = format!(
         "{:>6}  {}  {:<26}  {:<18}  {:<22}  {}",
         format!("#{}", e.position),
-        occurred_at(e),
+        occurred_at(e).map(secs).unwrap_or_default(),
         actor,
         on_behalf,
         e.event_type,
         summary
     );
     line.trim_end().to_owned()
+}
+
+/// An instant for people: RFC 3339 in UTC to the whole second; `--json` keeps full precision.
+fn secs(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn permissions_text(set: &PermissionSet) -> String {
@@ -417,7 +420,7 @@ fn account_summary(event: &AccountEvent, names: &Names) -> String {
         } => format!(
             "{email} with {} until {}",
             permissions_text(permissions),
-            history::rfc3339(*expires_at)
+            secs(*expires_at)
         ),
         E::InvitationResent {
             invitation_id,
@@ -426,7 +429,7 @@ fn account_summary(event: &AccountEvent, names: &Names) -> String {
         } => format!(
             "invitation {} until {}",
             short(*invitation_id),
-            history::rfc3339(*expires_at)
+            secs(*expires_at)
         ),
         E::InvitationCancelled { invitation_id } => {
             format!("invitation {}", short(*invitation_id))
@@ -646,7 +649,7 @@ pub async fn replay(args: &ReplayArgs, out: &mut impl Write, notes: &mut impl Wr
     let mut text = format!(
         "The log as of position {} ({}), replayed in memory.\n",
         models.position(),
-        history::rfc3339(moment)
+        secs(moment)
     );
     let mut shown: Vec<(String, Uuid)> = shown
         .into_iter()
@@ -731,7 +734,7 @@ fn account_report(models: &ReadModels, account_id: Uuid, moment: DateTime<Utc>) 
             i.email.as_str(),
             invitation_state_text(i.state),
             permissions_text(&i.permissions),
-            history::rfc3339(i.expires_at)
+            secs(i.expires_at)
         );
     }
 
@@ -824,7 +827,7 @@ async fn aggregate_report(
     let mut text = format!(
         "{stream_id} at version {version} of {latest} (position {}, {})\n{state}\n\nevents\n",
         last.position,
-        history::rfc3339(last.occurred_at)
+        secs(last.occurred_at)
     );
     for e in &at.events {
         let payload = serde_json::to_string(&e.payload)
@@ -833,7 +836,7 @@ async fn aggregate_report(
             "  v{}  #{}  {}  {}  {payload}\n",
             e.version,
             e.position,
-            history::rfc3339(e.occurred_at),
+            secs(e.occurred_at),
             e.event_type
         ));
     }
