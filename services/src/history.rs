@@ -34,6 +34,7 @@ pub enum Point {
     /// Commit times follow the log's order except when writers' clocks disagree; the fold
     /// stops at the first event later than the time, so it always describes a prefix of the
     /// stream.
+    // LIMITATION: commit times are taken from the writer's clock before the append, so a time within moments of now may not yet see an append still in flight with an earlier time.
     Time(DateTime<Utc>),
 }
 

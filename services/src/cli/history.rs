@@ -197,6 +197,7 @@ pub async fn events(args: &EventsArgs, out: &mut impl Write) -> Result<()> {
     let channel = args.server.connect("cli", "events:read").await?;
     let mut client = HistoryServiceClient::new(channel).max_decoding_message_size(16 << 20);
 
+    // LIMITATION: names are learnt by streaming every registration and account profile first, which reads the whole log once more before the first line.
     let mut names = Names::default();
     if !args.json {
         for (stream_type, types) in [

@@ -110,6 +110,7 @@ impl History {
         tracing::Span::current().record("account_id", tracing::field::display(account_id));
         let store = app.executor().store();
         let stream = store.read_stream(&account_stream(account_id), 0).await?;
+        // LIMITATION: both folds start at the stream's first event; no snapshot at or before the point is used, so the cost grows with the account's history.
         let now = history::fold_account(&stream, |_| true)?;
         if !now.state.exists() {
             return Err(Error::NotFound("account not found".into()));
@@ -325,6 +326,7 @@ impl Filter {
         })
     }
 
+    // LIMITATION: filters are applied to events already read, so a sparse filter over a long log reads all of it; the store has no index by account, actor or type.
     fn matches(&self, event: &StoredEvent) -> bool {
         let account = self.account.is_none_or(|a| {
             event.metadata.on_behalf_of == Some(a) || event.stream_id == account_stream(a)
@@ -395,6 +397,7 @@ fn account_message(
     let email = state.email.as_ref().ok_or_else(missing)?;
     let owner = state.owner.ok_or_else(missing)?;
 
+    // LIMITATION: emails and display names are the users' current ones; that is exact while registration is the only event that sets them, and needs the user's own stream folded to the point once users can change them.
     let member = |user_id: Uuid, role: pb::Role, permissions: &PermissionSet| {
         let user = models.accounts.user(user_id);
         pb::Member {
