@@ -89,6 +89,7 @@ async fn reflection_lists_every_onbehalf_service_while_the_request_stream_is_ope
             "onbehalf.v1.AuditService",
             "onbehalf.v1.BillingService",
             "onbehalf.v1.CatalogService",
+            "onbehalf.v1.HistoryService",
             "onbehalf.v1.HostingService",
             "onbehalf.v1.InvitationService",
             "onbehalf.v1.NotificationService",
