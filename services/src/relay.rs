@@ -56,6 +56,10 @@
 //! - *The broker may be down.* The relay retries with capped exponential back-off and jitter,
 //!   logs one `warn` per outage, and keeps its checkpoint. Commands keep committing meanwhile:
 //!   the API never talks to NATS.
+//! - *The broker restarts.* It rebuilds its duplicate tracking from the stored messages, so a
+//!   re-publish after a broker restart is still dropped within the window.
+//! - *An acknowledgement is not an fsync.* A single broker acknowledges before syncing to disk;
+//!   production streams want three replicas (`replicas = 3` in the settings file).
 //! - *Another stream may capture the subjects.* Every publish names the expected stream
 //!   (`Nats-Expected-Stream`), so a misrouted publish is refused instead of stored elsewhere.
 
@@ -650,7 +654,8 @@ impl EventPublisher {
             })
     }
 
-    /// The last message in the stream, `None` when the stream is empty.
+    /// The last message in the stream, `None` when the stream is empty or its last message was
+    /// removed.
     pub async fn tail(&self) -> Result<Option<StreamTail>, StreamSetupError> {
         let unreachable =
             |source: Box<dyn std::error::Error + Send + Sync>| StreamSetupError::Unreachable {
@@ -669,10 +674,15 @@ impl EventPublisher {
         if info.state.messages == 0 {
             return Ok(None);
         }
-        let last = stream
-            .get_raw_message(info.state.last_sequence)
-            .await
-            .map_err(|e| unreachable(Box::new(e)))?;
+        // Under interest or work-queue retention consumers remove messages, the last one too;
+        // the relay then has only its checkpoint to go by.
+        let last = match stream.get_raw_message(info.state.last_sequence).await {
+            Ok(last) => last,
+            Err(err) if matches!(err.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
+                return Ok(None)
+            }
+            Err(err) => return Err(unreachable(Box::new(err))),
+        };
         Ok(Some(StreamTail {
             sequence: last.sequence,
             position: last
@@ -1489,6 +1499,9 @@ impl Relay {
                         found: event.position,
                     });
                 }
+                // LIMITATION: one publish is in flight at a time, so throughput is one broker round
+                // trip per event; pipelining would let a later event be stored before a failed
+                // earlier one is retried, breaking position order in the stream.
                 loop {
                     if !lease.is_fresh() {
                         if let Err(err) = lease.confirm().await {
@@ -1496,6 +1509,9 @@ impl Relay {
                         }
                     }
                     match publisher.publish(event).await {
+                        // LIMITATION: JetStream acknowledges once the message is in its files,
+                        // not synced to disk (its `sync_interval`); a broker host crash can lose
+                        // acknowledged events behind the checkpoint, which replicas guard against.
                         Ok(outcome) => {
                             broker.recovered();
                             self.status.send_modify(|s| {

@@ -1,5 +1,5 @@
-//! Helpers shared by the test suites of every crate: a throwaway PostgreSQL database and a
-//! throwaway data directory.
+//! Helpers shared by the test suites of every crate: a throwaway PostgreSQL database, a
+//! throwaway data directory, and NATS servers (the shared one, or a private one to stop at will).
 //!
 //! These are for tests only. They panic on setup failures a test cannot recover from, because a
 //! test that silently ran against the wrong place could not fail.
@@ -192,6 +192,177 @@ impl Drop for TempDataDir {
         // Best effort: a leftover directory in the temporary directory harms nothing.
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// The environment variable naming a NATS server (with JetStream) that tests may use, each with
+/// stream names of its own.
+pub const NATS_URL_ENV: &str = "ONBEHALF_TEST_NATS_URL";
+
+/// The NATS server used when [`NATS_URL_ENV`] is not set: the local one.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The environment variable naming the `nats-server` binary [`NatsTestServer`] runs.
+pub const NATS_SERVER_ENV: &str = "ONBEHALF_NATS_SERVER";
+
+/// The shared NATS server's URL (`ONBEHALF_TEST_NATS_URL`, default [`DEFAULT_NATS_URL`]), once a
+/// client could connect to it.
+///
+/// When it cannot be reached it prints `skipped: NATS not reachable at <url>` and returns `None`;
+/// with `ONBEHALF_REQUIRE_SERVICES=1` it panics instead. Tests on the shared server must never
+/// stop or reconfigure it, and must use stream names and subjects of their own; a test that
+/// takes the broker down runs a [`NatsTestServer`] instead.
+pub async fn nats_test_url() -> Option<String> {
+    let url = std::env::var(NATS_URL_ENV).unwrap_or_else(|_| DEFAULT_NATS_URL.to_owned());
+    let connected = async_nats::ConnectOptions::new()
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(url.as_str())
+        .await;
+    match connected {
+        Ok(client) => {
+            drop(client);
+            Some(url)
+        }
+        Err(err) => {
+            if require_services() {
+                panic!("NATS not reachable at {url} and {REQUIRE_SERVICES_ENV}=1: {err}");
+            }
+            println!("skipped: NATS not reachable at {url}");
+            None
+        }
+    }
+}
+
+/// A private `nats-server` with JetStream, on a free loopback port, storing into a directory of
+/// its own; tests may stop and restart it at will. Dropping it kills the server and removes the
+/// directory.
+#[derive(Debug)]
+pub struct NatsTestServer {
+    binary: PathBuf,
+    port: u16,
+    dir: TempDataDir,
+    child: Option<std::process::Child>,
+}
+
+/// How long a private server may take to accept connections.
+const NATS_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl NatsTestServer {
+    /// Starts a server: `nats-server -js -a 127.0.0.1 -p <free port> -sd <temp dir>`.
+    ///
+    /// The binary is `ONBEHALF_NATS_SERVER`, or `nats-server` on the `PATH`, or
+    /// `/usr/sbin/nats-server`. Without one it prints `skipped: nats-server not found` and returns
+    /// `None`; with `ONBEHALF_REQUIRE_SERVICES=1` it panics instead. It panics if the server does
+    /// not come up.
+    pub async fn start() -> Option<NatsTestServer> {
+        let Some(binary) = find_nats_server() else {
+            if require_services() {
+                panic!("nats-server not found and {REQUIRE_SERVICES_ENV}=1");
+            }
+            println!("skipped: nats-server not found");
+            return None;
+        };
+        // A free port can be taken between probing and binding; try a few.
+        for _ in 0..3 {
+            let port = match std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+            {
+                Ok(addr) => addr.port(),
+                Err(err) => panic!("cannot find a free loopback port: {err}"),
+            };
+            let mut server = NatsTestServer {
+                binary: binary.clone(),
+                port,
+                dir: TempDataDir::new(),
+                child: None,
+            };
+            if server.launch().await {
+                return Some(server);
+            }
+        }
+        panic!("nats-server {} did not start", binary.display());
+    }
+
+    /// The server's URL, `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would; what it stored stays on disk.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store directory. Panics if it does not
+    /// come up.
+    pub async fn restart(&mut self) {
+        self.stop();
+        if !self.launch().await {
+            panic!("nats-server did not restart on port {}", self.port);
+        }
+    }
+
+    /// Spawns the server and waits until it accepts connections; `false` if it exited first or
+    /// did not come up in time.
+    async fn launch(&mut self) -> bool {
+        let store = self.dir.path().join("jetstream");
+        let log = self.dir.path().join("nats-server.log");
+        let spawned = std::process::Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(&store)
+            .arg("-l")
+            .arg(&log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(err) => panic!("cannot run {}: {err}", self.binary.display()),
+        };
+        let deadline = std::time::Instant::now() + NATS_START_TIMEOUT;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for NatsTestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn find_nats_server() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(NATS_SERVER_ENV) {
+        return Some(PathBuf::from(path));
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("nats-server"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin/nats-server")])
+        .find(|candidate| candidate.is_file())
 }
 
 #[cfg(test)]
