@@ -1,7 +1,7 @@
 //! `NotificationService`.
 
 use onbehalf_events::Permission;
-use onbehalf_projections::{Notification, NotificationCategory};
+use onbehalf_projections::{InvitationLinks, Notification, NotificationCategory};
 use onbehalf_proto::v1 as pb;
 use onbehalf_proto::v1::notification_service_server::NotificationService;
 use tonic::{Request, Response, Status};
@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub(crate) struct Notifications(pub(crate) App);
 
+/// The placeholder that replaces an invitation's token for readers other than its recipient.
+pub(crate) const WITHHELD: &str = "[link withheld: only the invitee sees it]";
+
+/// A notification as its recipient (or the mailer) sees it: with its action token.
 fn notification_message(n: &Notification) -> pb::Notification {
     pb::Notification {
         notification_id: n.notification_id.to_string(),
@@ -30,6 +34,18 @@ fn notification_message(n: &Notification) -> pb::Notification {
         position: n.position,
         created_at: Some(convert::timestamp(n.created_at)),
     }
+}
+
+/// A notification as the account's owner or an EMAILS member sees it: an invitation's token
+/// lets whoever holds it join the account, so it is withheld from everyone but the invitee.
+fn withheld_message(links: &dyn InvitationLinks, n: &Notification) -> pb::Notification {
+    let mut message = notification_message(n);
+    if let Some(token) = &n.action_token {
+        message.body = message.body.replace(&links.accept_url(token), WITHHELD);
+        message.body = message.body.replace(token.as_str(), WITHHELD);
+        message.action_token.clear();
+    }
+    message
 }
 
 #[tonic::async_trait]
@@ -110,11 +126,12 @@ impl Notifications {
                 } else {
                     app.load_account(account_id).await?;
                 }
+                let links = app.tokens();
                 app.read(&call, min, |m| {
                     m.notifications
                         .for_account(account_id)
                         .into_iter()
-                        .map(notification_message)
+                        .map(|n| withheld_message(links, n))
                         .collect()
                 })
                 .await?
