@@ -610,3 +610,104 @@ async fn the_relay_subcommand_publishes_the_log_with_settings_from_flags_environ
     assert_eq!(checkpoint, 3);
     db.drop_database().await.unwrap();
 }
+
+/// A loopback TCP proxy in front of PostgreSQL that can cut the network between a relay and the
+/// server: on [`Partition::cut`] it closes every upstream connection (the server sees its peer
+/// go away and ends the session) while the relay's side stays open and silent, as a partition
+/// looks from the relay; connections made after the cut are accepted and never answered.
+struct Partition {
+    url: String,
+    cut: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    async fn start(db: &TestDatabase) -> Partition {
+        let config: tokio_postgres::Config = db.url.parse().unwrap();
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = listener.local_addr().unwrap();
+        let url = format!(
+            "postgres://{}@{listen}/{}",
+            config.get_user().unwrap_or("postgres"),
+            db.name()
+        );
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut cut_rx = cut_rx.clone();
+                connections.spawn(async move {
+                    if !*cut_rx.borrow() {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {
+                                    return;
+                                }
+                                _ = cut_rx.wait_for(|cut| *cut) => drop(outbound),
+                            }
+                        }
+                    }
+                    // Keep the relay's end open, answering nothing, until the proxy is dropped.
+                    std::future::pending::<()>().await;
+                    drop(inbound);
+                });
+            }
+        });
+        Partition { url, cut, accept }
+    }
+
+    fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_holder_cut_off_from_postgresql_stops_publishing_and_the_successor_loses_and_duplicates_nothing(
+) {
+    let Some((db, nats)) = services().await else {
+        return;
+    };
+    let mut log = Log::open(&db).await;
+    log.commit(3).await;
+    // The first relay reads the log directly but holds its lease through the proxy, so that it
+    // keeps reading and publishing after the cut, the worst case for the lease.
+    let partition = Partition::start(&db).await;
+    let mut cut_off_config = config(&db, &nats);
+    cut_off_config.database_url = partition.url.clone();
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    let mut cut_off = relay::spawn_on(store, cut_off_config).unwrap();
+    wait_caught_up(&mut cut_off, 3).await;
+    let mut successor = relay::spawn(config(&db, &nats)).await.unwrap();
+    wait(&mut successor, "standby", |s| s.role == Role::Standby).await;
+
+    partition.cut();
+    log.commit(3).await;
+    wait(&mut cut_off, "no longer active", |s| s.role != Role::Active).await;
+    let took_over = wait_caught_up(&mut successor, 6).await;
+    assert_eq!(took_over.leases_taken, 1);
+    log.commit(3).await;
+    let after = wait_caught_up(&mut successor, 9).await;
+
+    let stopped = cut_off.status();
+    assert_ne!(stopped.role, Role::Active);
+    assert_eq!(stopped.leases_taken, 1);
+    assert_eq!(stopped.published + after.published, 9);
+    assert_stream_holds_the_log(&nats, &log).await;
+    assert_eq!(saved_checkpoint(&db, "default").await, 9);
+
+    cut_off.abort();
+    successor.shutdown().await.unwrap();
+    drop(partition);
+    db.drop_database().await.unwrap();
+}
