@@ -1,0 +1,399 @@
+//! `onbehalf-bench`: benchmarks of onbehalf, run as `cargo run --release -p onbehalf-bench --
+//! <benchmark>`.
+//!
+//! Every benchmark seeds what it measures into stores it creates itself (an SQLite data
+//! directory under the system's temporary directory, a PostgreSQL database it creates and drops)
+//! and prints the machine, the parameters and a Markdown table of medians.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use onbehalf::store::postgres::PostgresStore;
+use onbehalf::store::sqlite::SqliteStore;
+use onbehalf::store::{EventStore, StoreError};
+use onbehalf::tokens::InvitationTokens;
+use onbehalf_projections::{InvitationLinks, ProjectionError};
+use tokio_postgres::NoTls;
+
+mod replay;
+mod seed;
+
+/// The PostgreSQL server the bench creates its database on unless told otherwise: the local
+/// test server.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The read models refused an event of the seeded log.
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    /// PostgreSQL refused to create or drop the bench's database.
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// The bench's own setup went wrong.
+    #[error("{0}")]
+    Setup(String),
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "onbehalf-bench", about = "Benchmarks of onbehalf")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Seed a log, then compare the raw read of the log with the rebuild of every read model.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendChoice {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Events in the seeded log.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// A short run that only shows the program works: 20,000 events, 1 warm-up and 3 rounds.
+    #[arg(long)]
+    quick: bool,
+    /// Prefix sizes of the log to measure, comma-separated; default 10%, 30% and 100% of it.
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<u64>,
+    /// Rounds whose median is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Rounds run before them and not counted.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Events per `read_all`, as the server's read side uses.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Which stores to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    backend: BackendChoice,
+    /// The PostgreSQL server to create the bench's throwaway database on.
+    #[arg(long, default_value = DEFAULT_DATABASE_URL)]
+    database_url: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Replay(args) => runtime.block_on(replay_bench(args)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The machine as the report describes it: CPU model, cores and memory.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    format!(
+        "{model}, {cores} cores available, {:.1} GiB memory",
+        memory_kib as f64 / (1024.0 * 1024.0)
+    )
+}
+
+/// The 1, 5 and 15 minute load averages, to tell a quiet machine from a busy one.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn links() -> Result<Arc<dyn InvitationLinks>, BenchError> {
+    // A fixed secret: the bench signs nothing anyone verifies; HMACs cost the same.
+    let tokens = InvitationTokens::new(vec![0x5a; 32], "http://localhost:8080/invitations/accept")
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    Ok(Arc::new(tokens))
+}
+
+fn thousands(n: f64) -> String {
+    let digits = format!("{:.0}", n.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+async fn replay_bench(args: ReplayArgs) -> Result<(), BenchError> {
+    let (events, rounds, warmup) = if args.quick {
+        (20_000, 3, 1)
+    } else {
+        (args.events, args.rounds, args.warmup)
+    };
+    if events == 0 || rounds == 0 || args.batch == 0 {
+        return Err(BenchError::Setup(
+            "events, rounds and batch must be at least 1".into(),
+        ));
+    }
+    let mut sizes = if args.sizes.is_empty() || args.quick {
+        vec![events.div_ceil(10), (events * 3).div_ceil(10), events]
+    } else {
+        args.sizes.clone()
+    };
+    sizes.retain(|&s| s > 0 && s <= events);
+    sizes.sort_unstable();
+    sizes.dedup();
+    let rounds = replay::Rounds {
+        warmup,
+        measured: rounds,
+        batch: args.batch,
+    };
+    let links = links()?;
+
+    println!("# onbehalf-bench replay");
+    println!();
+    println!("machine: {}", machine());
+    println!("load average at start: {}", load_average());
+    println!(
+        "parameters: {events} events, prefixes {sizes:?}, read batch {}, {} warm-up + {} measured \
+         rounds, medians",
+        rounds.batch, rounds.warmup, rounds.measured
+    );
+
+    let mut tables = Vec::new();
+    let mut folded = None;
+    if matches!(args.backend, BackendChoice::Sqlite | BackendChoice::Both) {
+        let dir = TempDir::new()?;
+        let store = SqliteStore::open(&dir.0).await?;
+        let result = measure_backend("sqlite", &store, events, &sizes, rounds, &links).await;
+        drop(store);
+        drop(dir);
+        let (rates, loaded) = result?;
+        tables.push(("sqlite", rates));
+        folded = Some(loaded);
+    }
+    if matches!(args.backend, BackendChoice::Postgres | BackendChoice::Both) {
+        match BenchDatabase::create(&args.database_url).await {
+            Ok(database) => {
+                let result = async {
+                    let store = PostgresStore::connect(&database.url).await?;
+                    measure_backend("postgres", &store, events, &sizes, rounds, &links).await
+                }
+                .await;
+                database.drop_database().await?;
+                let (rates, loaded) = result?;
+                tables.push(("postgres", rates));
+                folded.get_or_insert(loaded);
+            }
+            Err(e) if args.backend == BackendChoice::Both => {
+                println!("postgres: skipped, cannot create a database at the server: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    println!();
+    println!("| store | events | raw read (events/s) | rebuild (events/s) | rebuild / raw |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, rates) in &tables {
+        for r in rates {
+            println!(
+                "| {name} | {} | {} | {} | {:.0}% |",
+                thousands(r.events as f64),
+                thousands(r.raw),
+                thousands(r.rebuild),
+                100.0 * r.rebuild / r.raw.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    if let Some(loaded) = folded {
+        let fold = replay::measure_fold(&loaded, &sizes, rounds, &links)?;
+        println!();
+        println!("| fold only, events in memory | events | events/s |");
+        println!("|---|---:|---:|");
+        for (size, rate) in fold {
+            println!(
+                "| ReadModels::apply | {} | {} |",
+                thousands(size as f64),
+                thousands(rate)
+            );
+        }
+        println!();
+        println!("{}", replay::summary(&loaded, &links)?);
+    }
+    println!("load average at end: {}", load_average());
+    Ok(())
+}
+
+/// Seeds one store and measures it; also returns the whole log as read back, for the fold.
+async fn measure_backend(
+    name: &str,
+    store: &dyn EventStore,
+    events: u64,
+    sizes: &[u64],
+    rounds: replay::Rounds,
+    links: &Arc<dyn InvitationLinks>,
+) -> Result<(Vec<replay::Rates>, Vec<onbehalf_events::StoredEvent>), BenchError> {
+    let started = Instant::now();
+    let seeded = seed::seed(store, events).await?;
+    let took = started.elapsed();
+    println!(
+        "{name}: seeded {} events in {} appends ({} client accounts, {} version 1 invitations) \
+         in {:.1} s, {} events/s",
+        seeded.events,
+        seeded.appends,
+        seeded.accounts,
+        seeded.v1_invitations,
+        took.as_secs_f64(),
+        thousands(seeded.events as f64 / took.as_secs_f64().max(f64::MIN_POSITIVE)),
+    );
+    let rates = replay::measure_store(store, sizes, rounds, links).await?;
+    let loaded = replay::load(store, events, rounds.batch).await?;
+    Ok((rates, loaded))
+}
+
+/// A data directory under the system's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, BenchError> {
+        let path = std::env::temp_dir().join(format!("onbehalf-bench-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| BenchError::Setup(format!("cannot create {}: {e}", path.display())))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Best effort: a leftover directory in the temporary directory harms nothing.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A database `onbehalf_bench_<random>` the bench created and must drop.
+struct BenchDatabase {
+    url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl BenchDatabase {
+    async fn create(admin_url: &str) -> Result<Self, BenchError> {
+        let admin = connect(admin_url).await?;
+        let name = format!("onbehalf_bench_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0"))
+            .await?;
+        Ok(Self {
+            url: with_database(admin_url, &name),
+            name,
+            admin_url: admin_url.to_owned(),
+        })
+    }
+
+    async fn drop_database(self) -> Result<(), BenchError> {
+        let admin = connect(&self.admin_url).await?;
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, BenchError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.connect_timeout(std::time::Duration::from_secs(3));
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        // The connection ends when the client is dropped; an error then has no one to go to.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// `url` naming database `name` instead of its own, for URL and key=value connection strings.
+fn with_database(url: &str, name: &str) -> String {
+    let Some(scheme) = url.find("://") else {
+        return format!("{url} dbname={name}");
+    };
+    let authority = scheme + 3;
+    let end = url[authority..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| authority + i);
+    let query = url[end..].find('?').map_or("", |i| &url[end + i..]);
+    format!("{}/{name}{query}", &url[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{thousands, with_database};
+
+    #[test]
+    fn the_bench_database_replaces_the_servers_database_in_the_url() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "b1"),
+            "postgres://postgres@127.0.0.1:5432/b1"
+        );
+        assert_eq!(
+            with_database("postgres://u@127.0.0.1/db?sslmode=disable", "b1"),
+            "postgres://u@127.0.0.1/b1?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://127.0.0.1", "b1"),
+            "postgres://127.0.0.1/b1"
+        );
+        assert_eq!(
+            with_database("host=127.0.0.1 user=postgres", "b1"),
+            "host=127.0.0.1 user=postgres dbname=b1"
+        );
+    }
+
+    #[test]
+    fn rates_are_printed_with_thousands_separators() {
+        assert_eq!(thousands(1_234_567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(0.0), "0");
+    }
+}
