@@ -20,6 +20,7 @@ use onbehalf::tokens::InvitationTokens;
 use onbehalf_projections::{InvitationLinks, ProjectionError};
 use tokio_postgres::NoTls;
 
+mod audit_export;
 mod replay;
 mod seed;
 
@@ -55,6 +56,8 @@ struct Cli {
 enum Command {
     /// Seed a log, then compare the raw read of the log with the rebuild of every read model.
     Replay(ReplayArgs),
+    /// Seed a log, start the server on it, and time `onbehalf audit export` and verification.
+    AuditExport(audit_export::AuditExportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,6 +106,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Replay(args) => runtime.block_on(replay_bench(args)),
+        Command::AuditExport(args) => runtime.block_on(audit_export::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -170,7 +170,7 @@ async fn append(
     Ok(())
 }
 
-fn designer_id(d: u64) -> Uuid {
+pub(crate) fn designer_id(d: u64) -> Uuid {
     Uuid::from_u128(0xd000_0000_0000 | u128::from(d))
 }
 
