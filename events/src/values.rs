@@ -15,13 +15,55 @@ fn invalid(msg: impl Into<String>) -> InvalidValue {
 }
 
 fn has_control(s: &str) -> bool {
-    s.chars().any(|c| c.is_control() || is_bidi_control(c))
+    s.chars()
+        .any(|c| c.is_control() || is_bidi_control(c) || is_invisible(c))
+}
+
+/// Characters that render as nothing (format characters, tags, private use), refused in names
+/// and emails because two strings that look the same would be different identities.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200D}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{206A}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{E000}'..='\u{F8FF}'
+            | '\u{E0000}'..='\u{E0FFF}'
+            | '\u{F0000}'..='\u{10FFFF}'
+    )
+}
+
+/// The comparison key of an email address: ASCII letters folded to lower case, everything else
+/// kept as it is.
+///
+/// Folding only ASCII keeps distinct Unicode addresses distinct: a full Unicode lower-casing
+/// would make `\u{212A}im@…` (KELVIN SIGN) and `kim@…` the same login.
+pub fn email_key(raw: &str) -> String {
+    raw.trim().to_ascii_lowercase()
 }
 
 /// Unicode bidirectional formatting characters, refused in names and emails because they make
 /// the displayed text differ from the stored text.
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Combining marks of the common blocks, which must follow a base character.
+fn is_combining(c: char) -> bool {
+    matches!(c, '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}' | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}')
 }
 
 /// An email address: trimmed, at most 254 characters, one `@` with a non-empty local part and a
@@ -41,11 +83,24 @@ impl Email {
             return Err(invalid("must be at most 254 characters"));
         }
         if has_control(s) || s.chars().any(char::is_whitespace) {
-            return Err(invalid("must not contain spaces or control characters"));
+            return Err(invalid(
+                "must not contain spaces, control or invisible characters",
+            ));
+        }
+        if !unicode_normalization::is_nfc(s) {
+            return Err(invalid(
+                "must be in Unicode normalization form C (composed characters)",
+            ));
         }
         let (local, domain) = s
             .rsplit_once('@')
             .ok_or_else(|| invalid("must contain `@`"))?;
+        if [local, domain]
+            .iter()
+            .any(|part| part.chars().next().is_some_and(is_combining))
+        {
+            return Err(invalid("must not start a part with a combining mark"));
+        }
         if local.is_empty() || local.contains('@') || local.chars().count() > 64 {
             return Err(invalid(
                 "must have one `@` after a local part of 1 to 64 characters",
@@ -64,9 +119,9 @@ impl Email {
         &self.0
     }
 
-    /// The comparison key: the address in lower case.
+    /// The comparison key: the address with ASCII letters in lower case ([`email_key`]).
     pub fn key(&self) -> String {
-        self.0.to_lowercase()
+        email_key(&self.0)
     }
 }
 
@@ -106,7 +161,7 @@ impl Name {
             return Err(invalid("must be at most 200 characters"));
         }
         if has_control(s) {
-            return Err(invalid("must not contain control characters"));
+            return Err(invalid("must not contain control or invisible characters"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -357,6 +412,64 @@ mod tests {
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn only_ascii_letters_fold_so_distinct_unicode_addresses_stay_distinct() {
+        let dotted = Email::parse("\u{0130}smail@example.com").unwrap();
+        let combined = Email::parse("i\u{0307}smail@example.com").unwrap();
+        assert_eq!(
+            Email::parse("Kim@Example.com").unwrap().key(),
+            "kim@example.com"
+        );
+        assert_eq!(dotted.key(), "\u{0130}smail@example.com");
+        assert_ne!(dotted.key(), combined.key());
+    }
+
+    #[test]
+    fn a_kelvin_sign_is_refused_because_it_is_a_decomposable_k() {
+        assert_eq!(
+            Email::parse("\u{212A}im@example.com").unwrap_err().0,
+            "must be in Unicode normalization form C (composed characters)"
+        );
+    }
+
+    #[test]
+    fn invisible_characters_and_decomposed_forms_are_refused_in_emails() {
+        for bad in [
+            "ki\u{200B}m@example.com",
+            "kim\u{00AD}@example.com",
+            "kim@exa\u{FEFF}mple.com",
+            "kim\u{E0041}@example.com",
+            "\u{E000}kim@example.com",
+            "\u{0301}kim@example.com",
+            "jose\u{0301}@example.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(
+            Email::parse("jos\u{00E9}@example.com").unwrap().as_str(),
+            "jos\u{00E9}@example.com"
+        );
+    }
+
+    #[test]
+    fn homoglyphs_are_distinct_addresses_stored_exactly() {
+        let cyrillic = Email::parse("p\u{0430}ypal@example.com").unwrap();
+        assert_eq!(cyrillic.as_str(), "p\u{0430}ypal@example.com");
+        assert_ne!(
+            cyrillic.key(),
+            Email::parse("paypal@example.com").unwrap().key()
+        );
+    }
+
+    #[test]
+    fn names_refuse_invisible_characters() {
+        assert!(Name::parse("ABC\u{200B} Company").is_err());
+        assert_eq!(
+            Name::parse("Caf\u{00E9} Bar").unwrap().as_str(),
+            "Caf\u{00E9} Bar"
+        );
     }
 
     #[test]

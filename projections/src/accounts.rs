@@ -163,7 +163,7 @@ impl AccountTree {
     /// The user whose login email has this key ([`Email::key`]); compared case-insensitively.
     pub fn user_by_email(&self, email_key: &str) -> Option<&UserView> {
         self.users_by_email
-            .get(&email_key.to_lowercase())
+            .get(&onbehalf_events::values::email_key(email_key))
             .and_then(|id| self.users.get(id))
     }
 
@@ -257,7 +257,7 @@ impl AccountTree {
         now: DateTime<Utc>,
     ) -> Vec<InvitationView> {
         self.invitations_by_email
-            .get(&email_key.to_lowercase())
+            .get(&onbehalf_events::values::email_key(email_key))
             .into_iter()
             .flatten()
             .filter_map(|(account_id, invitation_id)| {

@@ -110,7 +110,10 @@ impl NotificationRouting {
     /// The notifications sent to this email key (compared case-insensitively), in position
     /// order.
     pub fn for_recipient(&self, email_key: &str) -> Vec<&Notification> {
-        self.pick(self.by_recipient.get(&email_key.to_lowercase()))
+        self.pick(
+            self.by_recipient
+                .get(&onbehalf_events::values::email_key(email_key)),
+        )
     }
 
     /// The notifications concerning this client account, in position order.

@@ -88,7 +88,7 @@ fn user_step(user_id: Uuid, email: &str, display_name: &str) -> Step {
         payload: serde_json::to_value(&event).unwrap(),
         reservation: Some(Reservation {
             scope: EMAIL_SCOPE.into(),
-            key: email.to_lowercase(),
+            key: onbehalf_events::values::email_key(email),
         }),
     }
 }
