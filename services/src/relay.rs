@@ -1209,8 +1209,9 @@ impl RelayHandle {
 /// Opens the log at `config.database_url` (running its migrations) and starts a relay on it.
 ///
 /// The relay runs until [`RelayHandle::shutdown`], [`RelayHandle::abort`] or a permanent error
-/// (the handle's task then ends with it). Unreachable services are not errors: the relay waits
-/// for them, retrying.
+/// (the handle's task then ends with it). PostgreSQL must answer while the log is opened here,
+/// which fails with [`RelayError::Store`] otherwise; after that, neither PostgreSQL nor NATS
+/// being unreachable is an error: the relay waits for them, retrying.
 pub async fn spawn(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     config.check()?;
     let store = PostgresStore::connect(&config.database_url).await?;
