@@ -20,6 +20,9 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+pub const LEEWAY_SECONDS: u64 = 30;
+
 /// Default `iss` and `aud` of tokens.
 pub const DEFAULT_ISSUER: &str = "onbehalf";
 
@@ -51,8 +54,8 @@ impl Caller {
 pub struct Claims {
     /// Issuer.
     pub iss: String,
-    /// Audience.
-    pub aud: String,
+    /// Audience: one, or several of which one must be ours.
+    pub aud: Audience,
     /// Subject: a user id, `service:<name>` or `staff:<name>`.
     pub sub: String,
     /// Expiry, seconds since the epoch.
@@ -65,6 +68,22 @@ pub struct Claims {
     /// Space-separated scopes, for services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+}
+
+/// The `aud` claim, which RFC 7519 allows as one string or an array of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// One audience.
+    One(String),
+    /// Several audiences.
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(aud: &str) -> Self {
+        Audience::One(aud.to_owned())
+    }
 }
 
 /// Verifies bearer tokens against several public keys at once, chosen by `kid`.
@@ -99,7 +118,7 @@ impl Verifier {
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
         validation.validate_nbf = true;
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECONDS;
         Ok(Self {
             keys: decoding,
             validation,
@@ -163,6 +182,9 @@ impl Verifier {
             }
         })?;
         let claims = data.claims;
+        if claims.iat > chrono::Utc::now().timestamp() + LEEWAY_SECONDS as i64 {
+            return Err(unauthenticated("issued in the future"));
+        }
         let actor = parse_subject(&claims.sub).ok_or_else(|| unauthenticated("malformed `sub`"))?;
         let scopes = match &actor {
             Actor::Service(_) | Actor::Staff(_) => claims
@@ -255,7 +277,7 @@ impl Signer {
     ) -> Result<String> {
         let claims = Claims {
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: Audience::One(self.audience.clone()),
             sub: sub.to_owned(),
             exp: (now + ttl).timestamp(),
             iat: now.timestamp(),
@@ -284,6 +306,7 @@ pub fn keys_dir(data_dir: &Path) -> PathBuf {
 pub fn ensure_dev_keypair(data_dir: &Path) -> Result<(PathBuf, bool)> {
     let dir = keys_dir(data_dir);
     if let Some(existing) = find_signing_key(&dir)? {
+        restore_public_key(&existing)?;
         return Ok((existing, false));
     }
     std::fs::create_dir_all(&dir)
@@ -293,9 +316,13 @@ pub fn ensure_dev_keypair(data_dir: &Path) -> Result<(PathBuf, bool)> {
         .verifying_key()
         .to_public_key_pem(LineEnding::LF)
         .map_err(|e| Error::Internal(format!("cannot encode public key: {e}")))?;
-    let private_pem = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| Error::Internal(format!("cannot encode private key: {e}")))?;
+    // PKCS#8 v1 (no embedded public key), the form every common tool reads.
+    let private_pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .map_err(|e| Error::Internal(format!("cannot encode private key: {e}")))?;
     let digest = sha2::Sha256::digest(public_pem.as_bytes());
     let kid = format!("dev-{}", hex8(&digest));
     let private_path = dir.join(format!("{kid}.key.pem"));
@@ -303,6 +330,35 @@ pub fn ensure_dev_keypair(data_dir: &Path) -> Result<(PathBuf, bool)> {
     std::fs::write(dir.join(format!("{kid}.pub.pem")), public_pem.as_bytes())
         .map_err(|e| Error::Internal(format!("cannot write public key: {e}")))?;
     Ok((private_path, true))
+}
+
+/// Writes `<kid>.pub.pem` beside `<kid>.key.pem` when it is missing, derived from the private
+/// key, so that a data directory that lost its public key still verifies its own tokens.
+fn restore_public_key(private_path: &Path) -> Result<()> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let Some(kid) = kid_of(private_path, ".key.pem") else {
+        return Ok(());
+    };
+    let public_path = private_path.with_file_name(format!("{kid}.pub.pem"));
+    if public_path.exists() {
+        return Ok(());
+    }
+    let pem = std::fs::read_to_string(private_path)
+        .map_err(|e| Error::Internal(format!("cannot read {}: {e}", private_path.display())))?;
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+        Error::Internal(format!(
+            "{} is not an Ed25519 private key: {e}",
+            private_path.display()
+        ))
+    })?;
+    let public_pem = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| Error::Internal(format!("cannot encode public key: {e}")))?;
+    std::fs::write(&public_path, public_pem.as_bytes())
+        .map_err(|e| Error::Internal(format!("cannot write {}: {e}", public_path.display())))?;
+    tracing::warn!(path = %public_path.display(), "restored a missing public key from its private key");
+    Ok(())
 }
 
 /// The first `*.key.pem` of `dir`, in name order.
@@ -344,4 +400,102 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev_key() -> (tempfile_dir::Dir, Signer, Verifier) {
+        let dir = tempfile_dir::Dir::new();
+        let (path, created) = ensure_dev_keypair(dir.path()).unwrap();
+        assert!(created);
+        let signer = Signer::load(&path, DEFAULT_ISSUER, DEFAULT_ISSUER).unwrap();
+        let keys = Verifier::load_dir(&keys_dir(dir.path())).unwrap();
+        let verifier = Verifier::new(DEFAULT_ISSUER, DEFAULT_ISSUER, &keys).unwrap();
+        (dir, signer, verifier)
+    }
+
+    mod tempfile_dir {
+        /// A directory removed on drop.
+        pub(super) struct Dir(std::path::PathBuf);
+
+        impl Dir {
+            pub(super) fn new() -> Self {
+                let path =
+                    std::env::temp_dir().join(format!("onbehalf-auth-{}", uuid::Uuid::new_v4()));
+                std::fs::create_dir_all(&path).unwrap();
+                Self(path)
+            }
+
+            pub(super) fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn claims(aud: Audience, iat_in: i64) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            iss: DEFAULT_ISSUER.into(),
+            aud,
+            sub: "service:billing".into(),
+            exp: now + 3600,
+            iat: now + iat_in,
+            nbf: None,
+            scope: Some("billing:write".into()),
+        }
+    }
+
+    #[test]
+    fn an_audience_array_naming_us_is_accepted() {
+        let (_dir, signer, verifier) = dev_key();
+        let aud = Audience::Many(vec!["other".into(), DEFAULT_ISSUER.into()]);
+        let token = signer.sign_claims(&claims(aud, 0)).unwrap();
+        assert_eq!(
+            verifier.verify(&token).unwrap().actor,
+            Actor::Service("billing".into())
+        );
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused() {
+        let (_dir, signer, verifier) = dev_key();
+        let token = signer
+            .sign_claims(&claims("onbehalf".into(), 3600))
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&token).unwrap_err(),
+            Error::Unauthenticated("bearer token refused: issued in the future".into())
+        );
+    }
+
+    #[test]
+    fn the_private_key_is_pkcs8_v1_and_a_lost_public_key_is_restored() {
+        let dir = tempfile_dir::Dir::new();
+        let (path, _) = ensure_dev_keypair(dir.path()).unwrap();
+        let pem = std::fs::read_to_string(&path).unwrap();
+        // A v1 PrivateKeyInfo of an Ed25519 key is 48 bytes: 64 base64 characters on one line.
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert_eq!(body.len(), 64, "{pem}");
+
+        let public = path.with_file_name(
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace(".key.pem", ".pub.pem"),
+        );
+        let original = std::fs::read(&public).unwrap();
+        std::fs::remove_file(&public).unwrap();
+        let (again, created) = ensure_dev_keypair(dir.path()).unwrap();
+        assert_eq!((again, created), (path, false));
+        assert_eq!(std::fs::read(&public).unwrap(), original);
+    }
 }

@@ -198,7 +198,8 @@ impl Executor {
                 Err(StoreError::Conflict { .. }) => {
                     // Writers that collided would collide again at once; a short random pause
                     // spreads their next attempts.
-                    let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=(2u64 << attempt));
+                    let pause =
+                        rand::Rng::gen_range(&mut rand::thread_rng(), 0..=(2u64 << attempt));
                     tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                     continue;
                 }

@@ -67,8 +67,8 @@ struct ServeArgs {
     /// The client-area page that accepts invitations; the token is appended as `?token=`.
     #[arg(long, default_value = "http://localhost:8080/invitations/accept")]
     accept_url_base: String,
-    /// Days an invitation stays acceptable.
-    #[arg(long, default_value_t = 7)]
+    /// Days an invitation stays acceptable (1 to 365).
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=365))]
     invitation_ttl_days: u32,
     /// Longest wait, in milliseconds, for a read's `min_position`.
     #[arg(long, default_value_t = 5000)]
@@ -96,8 +96,8 @@ struct TokenArgs {
     #[arg(long)]
     service: Option<String>,
     /// Space-separated scopes, for a service token.
-    #[arg(long, requires = "service", default_value = "")]
-    scope: String,
+    #[arg(long, requires = "service")]
+    scope: Option<String>,
     /// Data directory whose development key signs the token.
     #[arg(long, default_value = "./onbehalf-data", env = "ONBEHALF_DATA_DIR")]
     data_dir: PathBuf,
@@ -204,7 +204,19 @@ fn token(args: TokenArgs) -> Result<(), String> {
     let signer = Signer::load(&path, &args.issuer, &args.audience).map_err(|e| e.to_string())?;
     let (sub, scope) = match (args.user, args.service) {
         (Some(user), _) => (user.to_string(), None),
-        (None, Some(service)) => (format!("service:{service}"), Some(args.scope)),
+        (None, Some(service)) => {
+            let valid = !service.is_empty()
+                && service.len() <= 64
+                && service
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid {
+                return Err(format!(
+                    "`{service}` is not a service name: 1 to 64 letters, digits, `-`, `_` or `.`"
+                ));
+            }
+            (format!("service:{service}"), args.scope)
+        }
         (None, None) => return Err("give --user or --service".into()),
     };
     let token = signer

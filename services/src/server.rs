@@ -136,6 +136,20 @@ impl RunningServer {
     }
 }
 
+/// Every gRPC service the server offers, as the health service reports them.
+pub const SERVICE_NAMES: &[&str] = &[
+    "onbehalf.v1.UserService",
+    "onbehalf.v1.AccountService",
+    "onbehalf.v1.InvitationService",
+    "onbehalf.v1.AccessService",
+    "onbehalf.v1.CatalogService",
+    "onbehalf.v1.HostingService",
+    "onbehalf.v1.BillingService",
+    "onbehalf.v1.NotificationService",
+    "onbehalf.v1.AuditService",
+    "onbehalf.v1.HistoryService",
+];
+
 /// Opens the store the configuration names, running its migrations.
 pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn EventStore>> {
     Ok(match &config.database_url {
@@ -205,13 +219,22 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
     let incoming = TcpIncoming::from(listener);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::account_service_server::AccountServiceServer<grpc::accounts::Accounts>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(onbehalf_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    for service in SERVICE_NAMES {
+        health_reporter
+            .set_service_status(*service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(onbehalf_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| Error::Internal(format!("cannot build reflection: {e}")))?;
+    // Older clients (grpcurl before 1.8.8, grpcio's reflection) speak only v1alpha.
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| Error::Internal(format!("cannot build reflection: {e}")))?;
 
     let auth = grpc::authenticator(verifier);
@@ -235,7 +258,8 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
     let router = builder
         .layer(SizeLimitLayer::new(config.max_message_bytes))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(guarded!(
             user_service_server::UserServiceServer,
             grpc::users::Users(app.clone())

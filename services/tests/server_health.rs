@@ -31,10 +31,10 @@ async fn start(dir: &TempDataDir) -> (onbehalf::server::RunningServer, Channel) 
 }
 
 #[tokio::test]
-async fn health_reports_serving_without_a_token() {
+async fn health_reports_the_server_and_every_service_serving_without_a_token() {
     let dir = TempDataDir::new();
     let (server, channel) = start(&dir).await;
-    let status = HealthClient::new(channel)
+    let status = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: String::new(),
         })
@@ -43,6 +43,17 @@ async fn health_reports_serving_without_a_token() {
         .into_inner()
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
+    for service in onbehalf::server::SERVICE_NAMES {
+        let status = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: (*service).to_owned(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("health of {service}: {s:?}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
     server.shutdown().await.expect("clean shutdown");
 }
 

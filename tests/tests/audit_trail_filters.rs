@@ -545,13 +545,13 @@ async fn an_export_of_a_small_log_is_exact_in_json_lines_and_csv(server: &TestSe
         .account_id;
     let accepted = owner.bring_in(&abc, &designer, &[]).await.position;
     server.clock.advance(Duration::minutes(90));
-    // A front end passing an address that needs quoting in CSV.
-    let updated = through_front_end(server, &designer.user_id, "203.0.113.7, \"edge\" proxy")
+    // A front end passing the end user's address, with a request id that needs quoting in CSV.
+    let updated = through_front_end(server, &designer.user_id, "203.0.113.7")
         .update_account_profile(pb::UpdateAccountProfileRequest {
             account_id: abc.clone(),
             name: "ABC Company Ltd".into(),
             email: "admin@abc.co.tz".into(),
-            request_id: "rename-abc".into(),
+            request_id: "rename,\"abc\"".into(),
         })
         .await
         .unwrap()
@@ -638,8 +638,8 @@ async fn an_export_of_a_small_log_is_exact_in_json_lines_and_csv(server: &TestSe
                 d,
                 DESIGNER,
                 "\"PROFILE\"",
-                "\"rename-abc\"",
-                "\"203.0.113.7, \\\"edge\\\" proxy\""
+                "\"rename,\\\"abc\\\"\"",
+                "\"203.0.113.7\""
             ),
         ]
         .concat()
@@ -695,8 +695,8 @@ async fn an_export_of_a_small_log_is_exact_in_json_lines_and_csv(server: &TestSe
                 d,
                 DESIGNER,
                 "PROFILE",
-                "rename-abc",
-                "\"203.0.113.7, \"\"edge\"\" proxy\""
+                "\"rename,\"\"abc\"\"\"",
+                "203.0.113.7"
             ),
         ]
         .concat()

@@ -480,7 +480,12 @@ impl ClientAccount {
                     invitation_id,
                     email,
                     permissions,
-                    expires_at: now + ttl,
+                    expires_at: now.checked_add_signed(ttl).ok_or_else(|| {
+                        DomainError::invalid(
+                            "ttl",
+                            "the invitation would expire beyond the calendar",
+                        )
+                    })?,
                     invited_by,
                 }])
             }
@@ -505,7 +510,12 @@ impl ClientAccount {
                 Ok(vec![AccountEvent::InvitationResent {
                     invitation_id,
                     generation: invitation.generation + 1,
-                    expires_at: now + ttl,
+                    expires_at: now.checked_add_signed(ttl).ok_or_else(|| {
+                        DomainError::invalid(
+                            "ttl",
+                            "the invitation would expire beyond the calendar",
+                        )
+                    })?,
                 }])
             }
             AccountCommand::CancelInvitation { invitation_id } => {

@@ -119,7 +119,20 @@ impl App {
         };
         tracing::Span::current().record("actor", tracing::field::display(&caller.actor));
         let mut metadata = Metadata::new(caller.actor.clone());
-        metadata.client_address = header("x-client-address");
+        metadata.client_address = header("x-client-address")
+            .map(|raw| {
+                let ip = raw
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+                    .or_else(|| raw.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+                ip.map(|ip| ip.to_string()).ok_or_else(|| {
+                    Error::invalid(
+                        "x-client-address",
+                        "must be one IP address, as `203.0.113.7`",
+                    )
+                })
+            })
+            .transpose()?;
         metadata.user_agent = header("x-end-user-agent");
         // tonic cancels the call when the caller's own deadline passes, so the wait ends a
         // little earlier, leaving time to answer DEADLINE_EXCEEDED before that.
