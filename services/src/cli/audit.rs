@@ -197,16 +197,15 @@ pub async fn export(args: &ExportArgs, out: &mut dyn Write) -> Result<(), AuditC
         }
         Some(path) => {
             let partial = partial_path(path);
-            let written = write_file(&partial, &mut stream).await;
-            match written {
-                Ok(()) => std::fs::rename(&partial, path)
-                    .map_err(|source| write_error(path.display().to_string(), source)),
-                Err(e) => {
-                    // The partial file is useless; failing to remove it changes nothing more.
-                    let _ = std::fs::remove_file(&partial);
-                    Err(e)
-                }
+            let written = write_file(&partial, &mut stream).await.and_then(|()| {
+                std::fs::rename(&partial, path)
+                    .map_err(|source| write_error(path.display().to_string(), source))
+            });
+            if written.is_err() {
+                // The partial file is useless; failing to remove it changes nothing more.
+                let _ = std::fs::remove_file(&partial);
             }
+            written
         }
     }
 }

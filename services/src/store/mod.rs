@@ -374,6 +374,8 @@ impl<'a> EventContent<'a> {
     /// big-endian; every string is preceded by its length in bytes as 8 bytes big-endian; the
     /// key id is a `0` byte when absent and a `1` byte and the string when present. No two
     /// different contents have the same encoding.
+    // LIMITATION: the metadata is encoded as it decodes into `Metadata`, so a key unknown to the
+    // envelope added to a stored row's metadata by hand is dropped on reading and not detected.
     pub fn canonical_bytes(&self) -> StoreResult<Vec<u8>> {
         let payload = serde_json::to_vec(self.payload).map_err(|e| {
             StoreError::Corrupt(format!("payload at position {}: {e}", self.position))
