@@ -4,6 +4,8 @@
 //! projections durably: here the only output of a command is what the log committed, and read
 //! models follow the log by position.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cqrs_es::event_sink::EventSink;
@@ -71,12 +73,110 @@ pub struct Executed<T> {
     pub replayed: bool,
 }
 
+/// How many streams' folded states are kept in memory before the cache starts over.
+const CACHED_STREAMS: usize = 20_000;
+
+/// Folded aggregates by stream, and one lock per stream for commands of this process.
+///
+/// A cached state is the fold of a stream's first `version` events. Events never change once
+/// committed, so a cached state is never stale, only short: a load reads the events after it.
+#[derive(Default)]
+struct Streams {
+    states: std::sync::Mutex<HashMap<String, Cached>>,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct Cached {
+    aggregate: Box<dyn Any + Send + Sync>,
+    version: u64,
+    position: u64,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cached = self.states.lock().map(|s| s.len()).unwrap_or_default();
+        f.debug_struct("Streams")
+            .field("cached", &cached)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Streams {
+    fn get<A: Clone + 'static>(&self, stream_id: &str) -> Option<Loaded<A>> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = states.get(stream_id)?;
+        let aggregate = cached.aggregate.downcast_ref::<A>()?.clone();
+        Some(Loaded {
+            aggregate,
+            version: cached.version,
+            position: cached.position,
+        })
+    }
+
+    fn put<A: Clone + Send + Sync + 'static>(&self, stream_id: &str, loaded: &Loaded<A>) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if states
+            .get(stream_id)
+            .is_some_and(|c| c.version >= loaded.version)
+        {
+            return;
+        }
+        // LIMITATION: the cache starts over when full instead of evicting the least recently used streams.
+        if states.len() >= CACHED_STREAMS {
+            states.clear();
+        }
+        states.insert(
+            stream_id.to_owned(),
+            Cached {
+                aggregate: Box::new(loaded.aggregate.clone()),
+                version: loaded.version,
+                position: loaded.position,
+            },
+        );
+    }
+
+    /// Waits for this process's other commands on `stream_id` to finish, so that they queue
+    /// instead of losing optimistic races to each other.
+    async fn lock(&self, stream_id: &str) -> StreamGuard<'_> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(stream_id.to_owned()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        StreamGuard {
+            streams: self,
+            stream_id: stream_id.to_owned(),
+            lock,
+            guard: Some(guard),
+        }
+    }
+}
+
+struct StreamGuard<'a> {
+    streams: &'a Streams,
+    stream_id: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self.streams.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and this guard hold the lock: nobody waits, so the entry can go.
+        if Arc::strong_count(&self.lock) == 2 {
+            locks.remove(&self.stream_id);
+        }
+    }
+}
+
 /// Executes commands on the log.
 #[derive(Debug, Clone)]
 pub struct Executor {
     store: Arc<dyn EventStore>,
     clock: Arc<dyn Clock>,
     appended: watch::Sender<u64>,
+    streams: Arc<Streams>,
 }
 
 impl Executor {
@@ -90,6 +190,7 @@ impl Executor {
             store,
             clock,
             appended,
+            streams: Arc::default(),
         }
     }
 
@@ -109,19 +210,23 @@ impl Executor {
         self.appended.subscribe()
     }
 
-    /// Loads an aggregate by folding every event of its stream, each upcast to the current
+    /// Loads an aggregate by folding the events of its stream, each upcast to the current
     /// version of its type; an event that cannot be upcast or decoded fails the load.
-    // LIMITATION: no snapshots yet; every command reads its whole stream, which grows with the account's history.
+    ///
+    /// The fold starts from the state this process last folded for the stream, if it holds one,
+    /// and reads only the events committed after it.
+    // LIMITATION: no snapshots in the store; a process that starts, or a stream that left the cache, folds the whole stream once.
     pub async fn load<A>(&self, stream_id: &str) -> Result<Loaded<A>>
     where
-        A: Aggregate,
+        A: Aggregate + Clone + 'static,
     {
-        let events = self.store.read_stream(stream_id, 0).await?;
-        let mut loaded = Loaded {
+        let mut loaded = self.streams.get::<A>(stream_id).unwrap_or(Loaded {
             aggregate: A::default(),
             version: 0,
             position: 0,
-        };
+        });
+        let events = self.store.read_stream(stream_id, loaded.version).await?;
+        let fresh = !events.is_empty();
         for stored in events {
             // Older events are brought to the current version of their type before deciding.
             let stored = onbehalf_events::upcast(stored).map_err(|e| {
@@ -137,6 +242,9 @@ impl Executor {
             loaded.version = stored.version;
             loaded.position = stored.position;
         }
+        if fresh {
+            self.streams.put(stream_id, &loaded);
+        }
         Ok(loaded)
     }
 
@@ -147,7 +255,7 @@ impl Executor {
     /// same answer and appends nothing.
     pub async fn execute<A, T, F>(&self, execution: Execution<A>, outcome: F) -> Result<Executed<T>>
     where
-        A: Aggregate<Error = crate::domain::DomainError, Services = ()>,
+        A: Aggregate<Error = crate::domain::DomainError, Services = ()> + Clone + 'static,
         A::Command: Clone,
         A::Event: EventSchema,
         T: Serialize + DeserializeOwned,
@@ -163,6 +271,7 @@ impl Executor {
             }
         }
 
+        let _queued = self.streams.lock(&execution.stream_id).await;
         for attempt in 0..MAX_ATTEMPTS {
             let mut loaded: Loaded<A> = self.load(&execution.stream_id).await?;
             let sink = EventSink::default();

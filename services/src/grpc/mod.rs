@@ -256,7 +256,7 @@ impl App {
         outcome: F,
     ) -> Result<Executed<T>>
     where
-        A: Aggregate<Error = DomainError, Services = ()>,
+        A: Aggregate<Error = DomainError, Services = ()> + Clone + 'static,
         A::Command: CommandBody + Clone,
         A::Event: EventSchema,
         T: Serialize + DeserializeOwned,
