@@ -164,6 +164,7 @@ async fn append(
             occurred_at,
             events: batch.events,
             reservations: batch.reservations,
+            releases: Vec::new(),
             request: None,
         })
         .await?;

@@ -78,6 +78,9 @@ impl From<StoreError> for Error {
             StoreError::Reserved { scope, .. } if scope == crate::executor::EMAIL_SCOPE => {
                 Error::AlreadyExists("email is already registered".into())
             }
+            StoreError::Reserved { scope, key } if scope == crate::executor::DOMAIN_SCOPE => {
+                Error::AlreadyExists(format!("the domain `{key}` is already registered"))
+            }
             StoreError::Reserved { scope, key } => {
                 Error::AlreadyExists(format!("{scope} `{key}` is already taken"))
             }

@@ -20,8 +20,16 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::store::{AppendBatch, EventStore, NewEvent, RequestRecord, Reservation, StoreError};
 
-/// The reservation scope that keeps user emails unique.
-pub const EMAIL_SCOPE: &str = "user_email";
+pub use crate::domain::{DOMAIN_SCOPE, EMAIL_SCOPE};
+
+impl From<crate::domain::UniqueKey> for Reservation {
+    fn from(key: crate::domain::UniqueKey) -> Self {
+        Reservation {
+            scope: key.scope.to_owned(),
+            key: key.key,
+        }
+    }
+}
 
 /// How many times a command is decided again after losing an optimistic race.
 const MAX_ATTEMPTS: u32 = 8;
@@ -255,7 +263,10 @@ impl Executor {
     /// same answer and appends nothing.
     pub async fn execute<A, T, F>(&self, execution: Execution<A>, outcome: F) -> Result<Executed<T>>
     where
-        A: Aggregate<Error = crate::domain::DomainError, Services = ()> + Clone + 'static,
+        A: Aggregate<Error = crate::domain::DomainError, Services = ()>
+            + crate::domain::UniqueKeys
+            + Clone
+            + 'static,
         A::Command: Clone,
         A::Event: EventSchema,
         T: Serialize + DeserializeOwned,
@@ -289,7 +300,15 @@ impl Executor {
                 });
             }
 
-            let batch = self.batch::<A>(&execution, &actor_key, loaded.version, events, &value)?;
+            let keys = loaded.aggregate.unique_keys(&events);
+            let mut batch =
+                self.batch::<A>(&execution, &actor_key, loaded.version, events, &value)?;
+            batch
+                .reservations
+                .extend(keys.claimed.into_iter().map(Reservation::from));
+            batch
+                .releases
+                .extend(keys.released.into_iter().map(Reservation::from));
             match self.store.append(batch).await {
                 Ok(appended) => {
                     self.appended.send_replace(appended.last_position);
@@ -370,6 +389,7 @@ impl Executor {
             occurred_at: self.clock.now(),
             events,
             reservations: execution.reservations.clone(),
+            releases: Vec::new(),
             request,
         })
     }

@@ -65,6 +65,7 @@ fn batch(stream: &str, expected_version: u64, seconds: i64, types: &[&str]) -> A
             })
             .collect(),
         reservations: Vec::new(),
+        releases: Vec::new(),
         request: None,
     }
 }

@@ -52,6 +52,7 @@ async fn append(
             occurred_at: at(when),
             events: vec![event],
             reservations: Vec::new(),
+            releases: Vec::new(),
             request: None,
         })
         .await

@@ -81,6 +81,7 @@ impl Log {
                         Metadata::new(Actor::System),
                     )],
                     reservations: Vec::new(),
+                    releases: Vec::new(),
                     request: None,
                 })
                 .await

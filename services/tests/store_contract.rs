@@ -39,6 +39,7 @@ fn batch(stream_id: &str, expected_version: u64, events: Vec<NewEvent>) -> Appen
         occurred_at: at(1_700_000_000, 0),
         events,
         reservations: Vec::new(),
+        releases: Vec::new(),
         request: None,
     }
 }
@@ -280,6 +281,47 @@ async fn taken_reservation_fails_the_whole_batch_and_writes_no_event<S: EventSto
     let mut fourth = one("user-4", 0, 1);
     fourth.reservations = vec![reservation("account_name", "designer@yourcompany.com")];
     assert_eq!(store.append(fourth).await.unwrap().last_position, 3);
+}
+
+async fn a_released_key_can_be_claimed_by_another_stream_and_others_keys_stay<S: EventStore>(
+    store: &S,
+) {
+    let mut first = one("account-a", 0, 1);
+    first.reservations = vec![reservation("domain", "starlogistics.co.tz")];
+    store.append(first).await.unwrap();
+    let mut other = one("account-b", 0, 1);
+    other.reservations = vec![reservation("domain", "abc.co.tz")];
+    store.append(other).await.unwrap();
+
+    // A stream releases only what it holds: account-a's release of abc.co.tz changes nothing.
+    let mut release = one("account-a", 1, 2);
+    release.releases = vec![
+        reservation("domain", "starlogistics.co.tz"),
+        reservation("domain", "abc.co.tz"),
+    ];
+    store.append(release).await.unwrap();
+    assert_eq!(
+        store
+            .find_reservation("domain", "starlogistics.co.tz")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.find_reservation("domain", "abc.co.tz").await.unwrap(),
+        Some("account-b".to_owned())
+    );
+
+    let mut claim = one("account-c", 0, 1);
+    claim.reservations = vec![reservation("domain", "starlogistics.co.tz")];
+    assert_eq!(store.append(claim).await.unwrap().last_position, 4);
+    assert_eq!(
+        store
+            .find_reservation("domain", "starlogistics.co.tz")
+            .await
+            .unwrap(),
+        Some("account-c".to_owned())
+    );
 }
 
 async fn find_reservation_names_the_stream_that_holds_the_key<S: EventStore>(store: &S) {
@@ -697,6 +739,7 @@ contract!(
     expected_version_conflict_leaves_the_log_untouched,
     taken_reservation_fails_the_whole_batch_and_writes_no_event,
     find_reservation_names_the_stream_that_holds_the_key,
+    a_released_key_can_be_claimed_by_another_stream_and_others_keys_stay,
     duplicate_request_id_returns_the_first_outcome_and_appends_nothing,
     find_request_returns_the_stored_outcome_scoped_to_the_actor,
     rejected_commands_are_not_remembered,

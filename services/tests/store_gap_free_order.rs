@@ -33,6 +33,7 @@ fn batch(stream_id: &str, expected_version: u64, n: usize) -> AppendBatch {
             Metadata::new(Actor::System),
         )],
         reservations: Vec::new(),
+        releases: Vec::new(),
         request: None,
     }
 }

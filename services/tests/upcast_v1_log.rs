@@ -218,6 +218,7 @@ async fn write(store: &dyn EventStore, written: Written) {
                 occurred_at: start() + chrono::Duration::minutes(i as i64),
                 events: vec![event],
                 reservations: step.reservation.into_iter().collect(),
+                releases: Vec::new(),
                 request: None,
             })
             .await

@@ -74,3 +74,74 @@ impl DomainError {
         DomainError::FailedPrecondition(message.into())
     }
 }
+
+/// The reservation scope that keeps user emails unique.
+pub const EMAIL_SCOPE: &str = "user_email";
+
+/// The reservation scope that keeps a domain registered to one service at a time.
+pub const DOMAIN_SCOPE: &str = "domain";
+
+/// A key that must be unique across every stream, such as a registered domain name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UniqueKey {
+    /// What kind of key.
+    pub scope: &'static str,
+    /// The key, normalised.
+    pub key: String,
+}
+
+/// The unique keys a command's events claim and give up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyChanges {
+    /// Keys to claim; the command fails if another stream holds one.
+    pub claimed: Vec<UniqueKey>,
+    /// Keys this stream gives up.
+    pub released: Vec<UniqueKey>,
+}
+
+/// Aggregates whose events claim keys unique across streams; the executor writes the claims in
+/// the same transaction as the events.
+pub trait UniqueKeys: cqrs_es::Aggregate {
+    /// The keys `events` claim and give up, given the state they were decided on and applied to.
+    fn unique_keys(&self, _events: &[Self::Event]) -> KeyChanges {
+        KeyChanges::default()
+    }
+}
+
+impl UniqueKeys for User {}
+
+impl UniqueKeys for Catalog {}
+
+impl UniqueKeys for ClientAccount {
+    fn unique_keys(&self, events: &[Self::Event]) -> KeyChanges {
+        use onbehalf_events::values::ProductKind;
+        use onbehalf_events::AccountEvent;
+        let domain_key = |domain: &onbehalf_events::values::DomainName| UniqueKey {
+            scope: DOMAIN_SCOPE,
+            key: domain.as_str().to_owned(),
+        };
+        let mut changes = KeyChanges::default();
+        for event in events {
+            match event {
+                AccountEvent::ServiceOrdered {
+                    kind: ProductKind::Domain,
+                    domain: Some(domain),
+                    ..
+                } => {
+                    changes.claimed.push(domain_key(domain));
+                }
+                AccountEvent::ServiceCancelled { service_id } => {
+                    let cancelled = self.services.get(service_id);
+                    if let Some(domain) = cancelled
+                        .filter(|s| s.kind == ProductKind::Domain)
+                        .and_then(|s| s.domain.as_ref())
+                    {
+                        changes.released.push(domain_key(domain));
+                    }
+                }
+                _ => {}
+            }
+        }
+        changes
+    }
+}

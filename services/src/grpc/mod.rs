@@ -256,7 +256,10 @@ impl App {
         outcome: F,
     ) -> Result<Executed<T>>
     where
-        A: Aggregate<Error = DomainError, Services = ()> + Clone + 'static,
+        A: Aggregate<Error = DomainError, Services = ()>
+            + crate::domain::UniqueKeys
+            + Clone
+            + 'static,
         A::Command: CommandBody + Clone,
         A::Event: EventSchema,
         T: Serialize + DeserializeOwned,

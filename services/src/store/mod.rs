@@ -106,6 +106,9 @@ pub struct AppendBatch {
     pub events: Vec<NewEvent>,
     /// Unique keys claimed together with the events.
     pub reservations: Vec<Reservation>,
+    /// Unique keys this stream gives up together with the events (a key another stream holds
+    /// is left alone). Released before `reservations` are claimed.
+    pub releases: Vec<Reservation>,
     /// The idempotency record, when the caller gave a request id.
     pub request: Option<RequestRecord>,
 }

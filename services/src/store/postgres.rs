@@ -385,6 +385,14 @@ impl PostgresStore {
             });
         }
 
+        for release in &batch.releases {
+            tx.execute(
+                "DELETE FROM reservations WHERE scope = $1 AND key = $2 AND stream_id = $3",
+                &[&release.scope, &release.key, &batch.stream_id],
+            )
+            .await
+            .map_err(map_err)?;
+        }
         let reserve_stmt = tx
             .prepare_cached(
                 "INSERT INTO reservations (scope, key, stream_id) VALUES ($1, $2, $3) \

@@ -492,6 +492,14 @@ fn append_blocking(conn: &mut Connection, batch: AppendBatch) -> StoreResult<App
         });
     }
 
+    for release in &batch.releases {
+        tx.prepare_cached(
+            "DELETE FROM reservations WHERE scope = ?1 AND key = ?2 AND stream_id = ?3",
+        )
+        .map_err(map_err)?
+        .execute(params![release.scope, release.key, batch.stream_id])
+        .map_err(map_err)?;
+    }
     for reservation in &batch.reservations {
         let inserted = tx
             .prepare_cached("INSERT INTO reservations (scope, key, stream_id) VALUES (?1, ?2, ?3)")
