@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{convert, idempotency, respond, App, Call};
-use crate::domain::{AccountCommand, User};
+use crate::domain::{AccountCommand, ClientAccount, User};
 use crate::error::{Error, Result};
 
 /// The `AccountService` implementation.
@@ -80,7 +80,45 @@ impl AccountService for Accounts {
     }
 }
 
-/// Executes a command on an account and reads the account back at the command's position.
+/// An account as a command left it: remembered with the command, so that a retry gets the
+/// same answer however the account changed since.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct AccountOutcome {
+    account_id: Uuid,
+    name: String,
+    email: String,
+    owner_user_id: Uuid,
+}
+
+impl AccountOutcome {
+    pub(crate) fn of(account: &ClientAccount) -> Result<Self> {
+        match (
+            account.account_id,
+            &account.name,
+            &account.email,
+            account.owner,
+        ) {
+            (Some(account_id), Some(name), Some(email), Some(owner_user_id)) => Ok(Self {
+                account_id,
+                name: name.to_string(),
+                email: email.to_string(),
+                owner_user_id,
+            }),
+            _ => Err(Error::Internal("the command left no account".into())),
+        }
+    }
+
+    pub(crate) fn message(self) -> pb::Account {
+        pb::Account {
+            account_id: self.account_id.to_string(),
+            name: self.name,
+            email: self.email,
+            owner_user_id: self.owner_user_id.to_string(),
+        }
+    }
+}
+
+/// Executes a command on an account and answers with the account as the command left it.
 async fn account_after(
     app: &App,
     call: &Call,
@@ -89,12 +127,17 @@ async fn account_after(
     key: Option<crate::executor::Idempotency>,
 ) -> Result<(pb::Account, crate::executor::Executed<()>)> {
     let done = app
-        .execute_account(call, account_id, body, key, |_| Ok(()))
+        .execute_account(call, account_id, body, key, AccountOutcome::of)
         .await?;
-    let account = app
-        .read(call, done.position, |m| account_message(m, account_id))
-        .await??;
-    Ok((account, done))
+    let account = done.value.message();
+    Ok((
+        account,
+        crate::executor::Executed {
+            value: (),
+            position: done.position,
+            replayed: done.replayed,
+        },
+    ))
 }
 
 /// Checks that the calling user is registered, on its own stream.
@@ -134,12 +177,10 @@ impl Accounts {
                     email,
                 },
                 key,
-                |_| Ok(account_id),
+                AccountOutcome::of,
             )
             .await?;
-        let account = app
-            .read(&call, done.position, |m| account_message(m, done.value))
-            .await??;
+        let account = done.value.message();
         Ok(pb::CreateAccountResponse {
             account: Some(account),
             position: done.position,

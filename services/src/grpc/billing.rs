@@ -45,6 +45,22 @@ pub(crate) fn invoice_message(i: &InvoiceView) -> pb::Invoice {
     }
 }
 
+/// An invoice's state as a payment left it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Settled {
+    status: i32,
+    paid_minor: i64,
+}
+
+fn status_to_pb(status: crate::domain::account::InvoiceStatus) -> i32 {
+    use crate::domain::account::InvoiceStatus as S;
+    (match status {
+        S::Unpaid => pb::InvoiceStatus::Unpaid,
+        S::Paid => pb::InvoiceStatus::Paid,
+        S::Cancelled => pb::InvoiceStatus::InvoiceCancelled,
+    }) as i32
+}
+
 #[tonic::async_trait]
 impl BillingService for Billing {
     async fn list_invoices(
@@ -125,9 +141,20 @@ impl Billing {
             reference,
         };
         let done = app
-            .execute_account(&call, account_id, body, key, |_| Ok(()))
+            .execute_account(&call, account_id, body, key, |account| {
+                let invoice = account
+                    .invoices
+                    .get(&invoice_id)
+                    .ok_or_else(|| Error::Internal("the payment left no invoice".into()))?;
+                Ok(Settled {
+                    status: status_to_pb(invoice.status),
+                    paid_minor: invoice.paid_minor,
+                })
+            })
             .await?;
-        let invoice = app
+        // Number, lines and dates never change once issued; status and amount paid are the
+        // command's own, so a retry answers as the first attempt did.
+        let mut invoice = app
             .read(&call, done.position, |m| {
                 m.billing
                     .invoice(account_id, invoice_id)
@@ -135,6 +162,8 @@ impl Billing {
             })
             .await?
             .ok_or_else(|| Error::Internal("invoice missing from the read model".into()))?;
+        invoice.status = done.value.status;
+        invoice.paid_minor = done.value.paid_minor;
         Ok(pb::PayInvoiceResponse {
             invoice: Some(invoice),
             position: done.position,

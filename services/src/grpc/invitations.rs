@@ -1,7 +1,7 @@
 //! `InvitationService`.
 
 use chrono::{DateTime, Utc};
-use onbehalf_projections::{InvitationState, InvitationView, ReadModels};
+use onbehalf_projections::{InvitationState, InvitationView};
 use onbehalf_proto::v1 as pb;
 use onbehalf_proto::v1::invitation_service_server::InvitationService;
 use tonic::{Request, Response, Status};
@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::accounts::require_registered;
 use super::{convert, idempotency, respond, App};
-use crate::domain::AccountCommand;
+use crate::domain::{AccountCommand, ClientAccount};
 use crate::error::{Error, Result};
 use crate::executor::EMAIL_SCOPE;
 
@@ -40,22 +40,65 @@ fn invitation_message(view: &InvitationView) -> pb::Invitation {
     }
 }
 
-fn find_invitation(
-    models: &ReadModels,
-    account_id: Uuid,
+/// An invitation as a command left it, remembered with the command so that a retry gets the
+/// same answer.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct InvitationOutcome {
     invitation_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<pb::Invitation> {
-    models
-        .accounts
-        .invitations(account_id, now)
-        .iter()
-        .find(|i| i.invitation_id == invitation_id)
-        .map(invitation_message)
-        .ok_or_else(|| Error::Internal("invitation missing from the read model".into()))
+    account_id: Uuid,
+    account_name: String,
+    email: String,
+    permissions: Vec<i32>,
+    expires_at: DateTime<Utc>,
+    state: i32,
+    invited_by: Uuid,
 }
 
-/// Executes a command on an invitation and reads it back at the command's position.
+impl InvitationOutcome {
+    fn of(account: &ClientAccount, invitation_id: Uuid, now: DateTime<Utc>) -> Result<Self> {
+        use crate::domain::account::InvitationStatus;
+        let invitation = account
+            .invitations
+            .get(&invitation_id)
+            .ok_or_else(|| Error::Internal("the command left no invitation".into()))?;
+        let state = match invitation.status {
+            InvitationStatus::Pending if now >= invitation.expires_at => InvitationState::Expired,
+            InvitationStatus::Pending => InvitationState::Pending,
+            InvitationStatus::Accepted => InvitationState::Accepted,
+            InvitationStatus::Declined => InvitationState::Declined,
+            InvitationStatus::Cancelled => InvitationState::Cancelled,
+        };
+        Ok(Self {
+            invitation_id,
+            account_id: account.account_id.unwrap_or_default(),
+            account_name: account
+                .name
+                .as_ref()
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            email: invitation.email.to_string(),
+            permissions: convert::permissions_to_pb(&invitation.permissions),
+            expires_at: invitation.expires_at,
+            state: state_to_pb(state),
+            invited_by: invitation.invited_by,
+        })
+    }
+
+    fn message(self) -> pb::Invitation {
+        pb::Invitation {
+            invitation_id: self.invitation_id.to_string(),
+            email: self.email,
+            permissions: self.permissions,
+            expires_at: Some(convert::timestamp(self.expires_at)),
+            state: self.state,
+            account_id: self.account_id.to_string(),
+            account_name: self.account_name,
+            invited_by_user_id: self.invited_by.to_string(),
+        }
+    }
+}
+
+/// Executes a command on an invitation and answers with the invitation as the command left it.
 async fn invitation_after(
     app: &App,
     call: &super::Call,
@@ -64,16 +107,21 @@ async fn invitation_after(
     body: AccountCommand,
     key: Option<crate::executor::Idempotency>,
 ) -> Result<(pb::Invitation, crate::executor::Executed<()>)> {
-    let done = app
-        .execute_account(call, account_id, body, key, |_| Ok(()))
-        .await?;
     let now = app.executor().clock().now();
-    let invitation = app
-        .read(call, done.position, |m| {
-            find_invitation(m, account_id, invitation_id, now)
+    let done = app
+        .execute_account(call, account_id, body, key, |a| {
+            InvitationOutcome::of(a, invitation_id, now)
         })
-        .await??;
-    Ok((invitation, done))
+        .await?;
+    let invitation = done.value.message();
+    Ok((
+        invitation,
+        crate::executor::Executed {
+            value: (),
+            position: done.position,
+            replayed: done.replayed,
+        },
+    ))
 }
 
 #[tonic::async_trait]
@@ -207,15 +255,13 @@ impl Invitations {
             permissions,
             ttl,
         };
-        let done = app
-            .execute_account(&call, account_id, body, key, |_| Ok(invitation_id))
-            .await?;
         let now = app.executor().clock().now();
-        let invitation = app
-            .read(&call, done.position, |m| {
-                find_invitation(m, account_id, done.value, now)
+        let done = app
+            .execute_account(&call, account_id, body, key, |a| {
+                InvitationOutcome::of(a, invitation_id, now)
             })
-            .await??;
+            .await?;
+        let invitation = done.value.message();
         Ok(pb::InviteUserResponse {
             invitation: Some(invitation),
             position: done.position,

@@ -1,0 +1,91 @@
+//! A retried request gets the first outcome: the resource as that command left it, with its
+//! position, however the resource changed since.
+
+use onbehalf_proto::v1 as pb;
+use onbehalf_tests::{on_both_backends, TestServer, HOSTING_MONTHLY_MINOR};
+
+async fn a_retry_answers_with_what_the_first_attempt_did(server: &TestServer) {
+    let catalogue = server.seed_catalogue().await;
+    let owner = server.register("admin@abc.co.tz", "ABC Company").await;
+    let abc = owner
+        .create_account("ABC Company", "admin@abc.co.tz")
+        .await
+        .account_id;
+    let rename = |name: &str, request_id: &str| pb::UpdateAccountProfileRequest {
+        account_id: abc.clone(),
+        name: name.into(),
+        email: "admin@abc.co.tz".into(),
+        request_id: request_id.into(),
+    };
+    let first = owner
+        .accounts()
+        .update_account_profile(rename("ABC Company Ltd", "rename-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    owner
+        .accounts()
+        .update_account_profile(rename("ABC Holdings", "rename-2"))
+        .await
+        .unwrap();
+    let retried = owner
+        .accounts()
+        .update_account_profile(rename("ABC Company Ltd", "rename-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.position, first.position);
+    assert_eq!(
+        retried.account.as_ref().map(|a| a.name.as_str()),
+        Some("ABC Company Ltd")
+    );
+    assert_eq!(retried.account, first.account);
+
+    let ordered = owner
+        .hosting()
+        .order_service(pb::OrderServiceRequest {
+            account_id: abc.clone(),
+            product_id: catalogue.hosting_product_id.clone(),
+            domain: String::new(),
+            billing_cycle: pb::BillingCycle::Monthly as i32,
+            request_id: "order-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let pay = |amount_minor: i64, request_id: &str| pb::PayInvoiceRequest {
+        account_id: abc.clone(),
+        invoice_id: ordered.invoice_id.clone(),
+        amount_minor,
+        reference: "MPESA".into(),
+        request_id: request_id.into(),
+    };
+    let part = owner
+        .billing()
+        .pay_invoice(pay(500_000, "pay-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    owner
+        .billing()
+        .pay_invoice(pay(HOSTING_MONTHLY_MINOR - 500_000, "pay-2"))
+        .await
+        .unwrap();
+    let again = owner
+        .billing()
+        .pay_invoice(pay(500_000, "pay-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.position, part.position);
+    let invoice = again.invoice.expect("the invoice");
+    assert_eq!(
+        (invoice.paid_minor, invoice.status),
+        (500_000, pb::InvoiceStatus::Unpaid as i32)
+    );
+    assert_eq!(Some(invoice), part.invoice);
+}
+
+on_both_backends!(a_retry_answers_with_what_the_first_attempt_did
+    => a_retry_answers_with_what_the_first_attempt_did_on_sqlite,
+       a_retry_answers_with_what_the_first_attempt_did_on_postgres);
