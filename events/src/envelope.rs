@@ -83,7 +83,10 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     /// Decodes the payload into the event type of its stream.
+    ///
+    /// The payload is read in place: decoding allocates only what the event itself holds, never
+    /// a copy of the payload.
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
-        serde_json::from_value(self.payload.clone())
+        E::deserialize(&self.payload)
     }
 }
