@@ -288,10 +288,17 @@ pub struct Money {
 }
 
 impl Money {
-    /// A non-negative amount in `currency`.
+    /// The largest amount a price may have: 10^15 minor units, far above any real price and far
+    /// enough below `i64::MAX` that sums of many invoices cannot overflow.
+    pub const MAX_MINOR: i64 = 1_000_000_000_000_000;
+
+    /// A non-negative amount in `currency`, at most [`Money::MAX_MINOR`].
     pub fn new(amount_minor: i64, currency: Currency) -> Result<Self, InvalidValue> {
         if amount_minor < 0 {
             return Err(invalid("must not be negative"));
+        }
+        if amount_minor > Self::MAX_MINOR {
+            return Err(invalid(format!("must be at most {}", Self::MAX_MINOR)));
         }
         Ok(Self {
             amount_minor,
@@ -460,6 +467,16 @@ mod tests {
         assert_ne!(
             cyrillic.key(),
             Email::parse("paypal@example.com").unwrap().key()
+        );
+    }
+
+    #[test]
+    fn prices_are_bounded_so_sums_cannot_overflow() {
+        let tzs = Currency::parse("TZS").unwrap();
+        assert!(Money::new(Money::MAX_MINOR, tzs.clone()).is_ok());
+        assert_eq!(
+            Money::new(i64::MAX, tzs).unwrap_err().0,
+            "must be at most 1000000000000000"
         );
     }
 
