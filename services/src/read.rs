@@ -107,6 +107,8 @@ impl ReadSide {
     }
 }
 
+// LIMITATION: a batch is read, then folded, then the next one read; overlapping the two would
+// bring a rebuild at start closer to the slower of them (see docs/BENCHMARKS.md, "Replay").
 async fn feed_once(
     store: &dyn EventStore,
     models: &RwLock<ReadModels>,
