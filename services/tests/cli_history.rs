@@ -13,9 +13,10 @@ use onbehalf::auth::{find_signing_key, keys_dir, Signer, DEFAULT_ISSUER};
 use onbehalf::cli::{AuthedChannel, Bearer};
 use onbehalf::clock::ManualClock;
 use onbehalf::server::{self, RunningServer, ServerConfig};
+use onbehalf::store::postgres::PostgresStore;
 use onbehalf::store::sqlite::SqliteStore;
 use onbehalf::store::EventReader;
-use onbehalf::testing::TempDataDir;
+use onbehalf::testing::{postgres_test_database, TempDataDir, TestDatabase};
 use onbehalf::tokens::{InvitationTokens, TokenClaims};
 use onbehalf_events::StoredEvent;
 use onbehalf_proto::v1 as pb;
@@ -36,6 +37,7 @@ fn monday_3_march() -> DateTime<Utc> {
 /// The server, its data directory and the ids the story created.
 struct Fixture {
     dir: TempDataDir,
+    db: Option<TestDatabase>,
     url: String,
     abc: String,
     owner: String,
@@ -53,10 +55,30 @@ impl Fixture {
 
     /// The log as stored, to name event ids and correlation ids the test cannot know.
     async fn log(&self) -> Vec<StoredEvent> {
-        let store = SqliteStore::open(self.dir.path())
-            .await
-            .expect("the log opens");
-        store.read_all(0, 100).await.expect("the log is readable")
+        match &self.db {
+            Some(db) => PostgresStore::connect(&db.url)
+                .await
+                .expect("the log opens")
+                .read_all(0, 100)
+                .await
+                .expect("the log is readable"),
+            None => SqliteStore::open(self.dir.path())
+                .await
+                .expect("the log opens")
+                .read_all(0, 100)
+                .await
+                .expect("the log is readable"),
+        }
+    }
+
+    /// An offline subcommand's arguments, pointed at this story's log and data directory.
+    fn offline(&self, list: &[&str]) -> Vec<String> {
+        let mut all = args(list);
+        all.extend(["--data-dir".to_owned(), self.dir().to_owned()]);
+        if let Some(db) = &self.db {
+            all.extend(["--database-url".to_owned(), db.url.clone()]);
+        }
+        all
     }
 }
 
@@ -75,9 +97,15 @@ fn channel_as(channel: &Channel, signer: &Signer, sub: &str, scope: Option<&str>
 }
 
 async fn tell_the_story() -> Fixture {
+    tell_the_story_on(None).await
+}
+
+/// The story on SQLite, or on the PostgreSQL database given.
+async fn tell_the_story_on(db: Option<TestDatabase>) -> Fixture {
     let dir = TempDataDir::new();
     let clock = ManualClock::new(monday_3_march());
     let mut config = ServerConfig::new(dir.path());
+    config.database_url = db.as_ref().map(|d| d.url.clone());
     config.listen = "127.0.0.1:0".parse().expect("a socket address");
     config.clock = Arc::new(clock.clone());
     let running = server::spawn(config).await.expect("the server starts");
@@ -213,6 +241,7 @@ async fn tell_the_story() -> Fixture {
 
     Fixture {
         dir,
+        db,
         url,
         abc,
         owner,
@@ -373,19 +402,8 @@ async fn events_json_prints_every_envelope_field_one_object_per_line() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_until_a_position_prints_the_account_as_it_was_then() {
-    let f = tell_the_story().await;
-    let before = run(args(&[
-        "replay",
-        "--data-dir",
-        f.dir(),
-        "--until",
-        "8",
-        "--account",
-        &f.abc,
-    ]))
-    .await;
+async fn replay_until_a_point(f: Fixture) {
+    let before = run(f.offline(&["replay", "--until", "8", "--account", &f.abc])).await;
     let report = |position: u64, at: &str, designer: &str| {
         format!(
             "The log as of position {position} ({at}), replayed in memory.\n\
@@ -414,10 +432,8 @@ async fn replay_until_a_position_prints_the_account_as_it_was_then() {
             String::new()
         )
     );
-    let after = run(args(&[
+    let after = run(f.offline(&[
         "replay",
-        "--data-dir",
-        f.dir(),
         "--until",
         "2025-03-11T00:00:00Z",
         "--account",
@@ -433,27 +449,31 @@ async fn replay_until_a_position_prints_the_account_as_it_was_then() {
         )
     );
 
-    let (ok, _, err) = run(args(&["replay", "--data-dir", f.dir(), "--until", "10"])).await;
+    let (ok, _, err) = run(f.offline(&["replay", "--until", "10"])).await;
     assert!(!ok);
     assert_eq!(
         err,
         "onbehalf: position: is beyond the head of the log, position 9\n"
     );
-    let (ok, _, err) = run(args(&[
-        "replay",
-        "--data-dir",
-        f.dir(),
-        "--until",
-        "3",
-        "--account",
-        &f.abc,
-    ]))
-    .await;
+    let (ok, _, err) = run(f.offline(&["replay", "--until", "3", "--account", &f.abc])).await;
     assert!(!ok);
     assert_eq!(
         err,
         format!("onbehalf: account {} did not exist at that point\n", f.abc)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_until_a_position_prints_the_account_as_it_was_then() {
+    replay_until_a_point(tell_the_story().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_until_a_position_prints_the_account_as_it_was_then_on_postgres() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    replay_until_a_point(tell_the_story_on(Some(db)).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,18 +496,8 @@ async fn replay_without_the_invitation_secret_says_it_uses_a_throwaway_one() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aggregate_at_a_version_prints_the_write_model_and_the_events_that_led_there() {
-    let f = tell_the_story().await;
-    let (ok, out, err) = run(args(&[
-        "aggregate",
-        &f.abc,
-        "--data-dir",
-        f.dir(),
-        "--at-version",
-        "4",
-    ]))
-    .await;
+async fn aggregate_at_a_version(f: Fixture) {
+    let (ok, out, err) = run(f.offline(&["aggregate", &f.abc, "--at-version", "4"])).await;
     assert!(ok, "{err}");
     let log = f.log().await;
     let payload = |i: usize| serde_json::to_string(&log[i].payload).expect("JSON");
@@ -556,28 +566,27 @@ async fn aggregate_at_a_version_prints_the_write_model_and_the_events_that_led_t
     );
     assert!(payload(3).starts_with("{\"AccountCreated\":{"));
 
-    let (ok, _, err) = run(args(&[
-        "aggregate",
-        &f.abc,
-        "--data-dir",
-        f.dir(),
-        "--at-version",
-        "7",
-    ]))
-    .await;
+    let (ok, _, err) = run(f.offline(&["aggregate", &f.abc, "--at-version", "7"])).await;
     assert!(!ok);
     assert_eq!(
         err,
         "onbehalf: at-version: must be between 1 and 6, the stream's latest version\n"
     );
     let unknown = Uuid::new_v4();
-    let (ok, _, err) = run(args(&[
-        "aggregate",
-        &unknown.to_string(),
-        "--data-dir",
-        f.dir(),
-    ]))
-    .await;
+    let (ok, _, err) = run(f.offline(&["aggregate", &unknown.to_string()])).await;
     assert!(!ok);
     assert_eq!(err, format!("onbehalf: account {unknown} not found\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_at_a_version_prints_the_write_model_and_the_events_that_led_there() {
+    aggregate_at_a_version(tell_the_story().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_at_a_version_prints_the_write_model_and_the_events_that_led_there_on_postgres() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    aggregate_at_a_version(tell_the_story_on(Some(db)).await).await;
 }
