@@ -139,6 +139,7 @@ pub(crate) fn request_id(raw: &str) -> Result<Option<String>> {
 }
 
 /// Pagination over an ordered list: the token is the offset of the next page.
+// LIMITATION: offsets, not cursors: a list sorted by name (the account switcher, members) can repeat or skip an entry when it changes between two pages; the audit trail pages by position instead.
 pub(crate) fn page<T>(items: Vec<T>, page_size: u32, page_token: &str) -> Result<(Vec<T>, String)> {
     const DEFAULT: usize = 50;
     const MAX: usize = 500;
