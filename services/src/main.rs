@@ -177,6 +177,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.settings = Settings {
         invitation_ttl: chrono::Duration::days(i64::from(args.invitation_ttl_days)),
         max_wait: std::time::Duration::from_millis(args.max_wait_ms),
+        ..Settings::default()
     };
     let running = server::spawn(config).await.map_err(|e| e.to_string())?;
     running

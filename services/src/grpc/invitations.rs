@@ -407,7 +407,7 @@ impl Invitations {
             &request_id,
             &req,
         )?;
-        let claims = app.tokens().verify(&req.token)?;
+        let claims = app.verify_invitation_token(&call, &req.token)?;
         require_registered(app, &call).await?;
 
         let (invitation_id, generation) = (claims.invitation_id, claims.generation);

@@ -43,6 +43,11 @@ pub struct Settings {
     pub invitation_ttl: chrono::Duration,
     /// The longest a read waits for its `min_position`, whatever the caller's deadline.
     pub max_wait: Duration,
+    /// How many invitation tokens that name no invitation a caller may present within
+    /// [`Settings::token_failure_window`] before its answers are refused.
+    pub token_failures_allowed: usize,
+    /// The window over which failed invitation tokens are counted.
+    pub token_failure_window: Duration,
 }
 
 impl Default for Settings {
@@ -50,7 +55,45 @@ impl Default for Settings {
         Self {
             invitation_ttl: chrono::Duration::days(7),
             max_wait: Duration::from_secs(5),
+            token_failures_allowed: 10,
+            token_failure_window: Duration::from_secs(15 * 60),
         }
+    }
+}
+
+/// Failed invitation-token attempts per caller, to make guessing costly.
+#[derive(Debug, Default)]
+pub(crate) struct TokenFailures(std::sync::Mutex<std::collections::HashMap<String, Vec<Instant>>>);
+
+impl TokenFailures {
+    /// Refuses the caller once it has reached `allowed` failures within `window`.
+    // LIMITATION: counted per process; behind several replicas a caller gets `allowed` failures per replica.
+    pub(crate) fn check(&self, caller: &str, allowed: usize, window: Duration) -> Result<()> {
+        let mut failures = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(times) = failures.get_mut(caller) {
+            times.retain(|t| now.duration_since(*t) < window);
+            if times.len() >= allowed {
+                return Err(Error::ResourceExhausted(
+                    "too many invitation tokens that name no invitation; try again later".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one failed attempt by `caller`.
+    pub(crate) fn record(&self, caller: &str) {
+        let mut failures = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Bound the table: forget callers whose failures have all aged out is done on check;
+        // a flood of distinct callers only keeps the newest entries.
+        if failures.len() > 100_000 {
+            failures.clear();
+        }
+        failures
+            .entry(caller.to_owned())
+            .or_default()
+            .push(Instant::now());
     }
 }
 
@@ -64,6 +107,7 @@ struct AppInner {
     read: ReadSide,
     tokens: Arc<InvitationTokens>,
     settings: Settings,
+    token_failures: TokenFailures,
 }
 
 /// One authenticated call: who, with what envelope metadata, until when.
@@ -87,6 +131,7 @@ impl App {
             read,
             tokens,
             settings,
+            token_failures: TokenFailures::default(),
         }))
     }
 
@@ -100,6 +145,27 @@ impl App {
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.0.settings
+    }
+
+    /// Verifies an invitation token for `call`'s caller, refusing a caller that has presented
+    /// too many tokens naming no invitation lately.
+    pub(crate) fn verify_invitation_token(
+        &self,
+        call: &Call,
+        token: &str,
+    ) -> Result<crate::tokens::TokenClaims> {
+        let caller = call.caller.actor.to_string();
+        let settings = &self.0.settings;
+        self.0
+            .token_failures
+            .check(&caller, settings.token_failures_allowed, settings.token_failure_window)
+            .inspect_err(|_| {
+                tracing::warn!(actor = %caller, "refusing a caller that presented many invalid invitation tokens");
+            })?;
+        self.0
+            .tokens
+            .verify(token)
+            .inspect_err(|_| self.0.token_failures.record(&caller))
     }
 
     /// Authenticates a request (the interceptor has verified the token) and reads its context.
