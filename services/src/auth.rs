@@ -151,6 +151,13 @@ impl Verifier {
         Ok(keys)
     }
 
+    /// The key ids this verifier accepts, in order.
+    pub fn kids(&self) -> Vec<String> {
+        let mut kids: Vec<String> = self.keys.keys().cloned().collect();
+        kids.sort();
+        kids
+    }
+
     /// Verifies `token` and names its caller, or says why it is refused.
     pub fn verify(&self, token: &str) -> Result<Caller> {
         let unauthenticated =

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
     /// TLS for the gRPC listener; without it the server listens in plain text, on loopback only.
     pub tls: Option<TlsConfig>,
+    /// How often the verification keys are read again from their files.
+    pub key_reload_interval: std::time::Duration,
 }
 
 /// Where the listener's certificate and key are, and whether clients must present one.
@@ -101,6 +103,7 @@ impl ServerConfig {
             settings: Settings::default(),
             clock: Arc::new(SystemClock),
             tls: None,
+            key_reload_interval: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -150,6 +153,59 @@ pub const SERVICE_NAMES: &[&str] = &[
     "onbehalf.v1.HistoryService",
 ];
 
+/// Builds the verifier from the data directory's `keys/*.pub.pem` and the extra key files.
+fn load_verifier(config: &ServerConfig) -> Result<Verifier> {
+    let mut keys = Verifier::load_dir(&auth::keys_dir(&config.data_dir))?;
+    for path in &config.verification_keys {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let kid = name
+            .strip_suffix(".pub.pem")
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                Error::Internal(format!("{} must be named `<kid>.pub.pem`", path.display()))
+            })?;
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
+        keys.push((kid.to_owned(), pem));
+    }
+    Verifier::new(&config.issuer, &config.audience, &keys)
+}
+
+/// Reloads the verification keys every [`ServerConfig::key_reload_interval`], so that a key
+/// added to (or removed from) the key files takes effect without a restart. A reload that fails
+/// keeps the keys in force and says why.
+fn spawn_key_reload(config: ServerConfig, verifier: grpc::SharedVerifier) {
+    let weak = Arc::downgrade(&verifier);
+    drop(verifier);
+    tokio::spawn(async move {
+        let mut known: Option<Vec<String>> = None;
+        loop {
+            tokio::time::sleep(config.key_reload_interval).await;
+            let Some(verifier) = weak.upgrade() else {
+                return;
+            };
+            match load_verifier(&config) {
+                Ok(fresh) => {
+                    let kids = fresh.kids();
+                    if known.as_ref() != Some(&kids) {
+                        if known.is_some() {
+                            tracing::info!(kids = ?kids, "verification keys reloaded");
+                        }
+                        known = Some(kids);
+                    }
+                    *verifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "verification keys not reloaded; keeping the current ones")
+                }
+            }
+        }
+    });
+}
+
 /// Opens the store the configuration names, running its migrations.
 pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn EventStore>> {
     Ok(match &config.database_url {
@@ -180,23 +236,8 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
     if created {
         tracing::info!(path = %key_path.display(), "created a development signing key pair");
     }
-    let mut keys = Verifier::load_dir(&auth::keys_dir(&config.data_dir))?;
-    for path in &config.verification_keys {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let kid = name
-            .strip_suffix(".pub.pem")
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                Error::Internal(format!("{} must be named `<kid>.pub.pem`", path.display()))
-            })?;
-        let pem = std::fs::read(path)
-            .map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
-        keys.push((kid.to_owned(), pem));
-    }
-    let verifier = Arc::new(Verifier::new(&config.issuer, &config.audience, &keys)?);
+    let verifier = Arc::new(std::sync::RwLock::new(Arc::new(load_verifier(&config)?)));
+    spawn_key_reload(config.clone(), verifier.clone());
 
     let secret_path = config
         .invitation_secret_file

@@ -402,9 +402,12 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     })
 }
 
+/// The verifier in force, swapped whole when the keys are reloaded.
+pub type SharedVerifier = Arc<std::sync::RwLock<Arc<Verifier>>>;
+
 /// Builds the interceptor that authenticates every request with a bearer token.
 pub fn authenticator(
-    verifier: Arc<Verifier>,
+    verifier: SharedVerifier,
 ) -> impl Fn(Request<()>) -> std::result::Result<Request<()>, tonic::Status> + Clone {
     move |mut request: Request<()>| {
         let header = request
@@ -420,7 +423,8 @@ pub fn authenticator(
             .ok_or_else(|| {
                 tonic::Status::unauthenticated("authorization must be `Bearer <token>`")
             })?;
-        let caller = verifier.verify(token.trim()).map_err(tonic::Status::from)?;
+        let current = verifier.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let caller = current.verify(token.trim()).map_err(tonic::Status::from)?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }
