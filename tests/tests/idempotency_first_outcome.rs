@@ -89,3 +89,40 @@ async fn a_retry_answers_with_what_the_first_attempt_did(server: &TestServer) {
 on_both_backends!(a_retry_answers_with_what_the_first_attempt_did
     => a_retry_answers_with_what_the_first_attempt_did_on_sqlite,
        a_retry_answers_with_what_the_first_attempt_did_on_postgres);
+
+async fn concurrent_retries_of_one_request_append_once_and_share_its_outcome(server: &TestServer) {
+    let catalogue = server.seed_catalogue().await;
+    let owner = server.register("admin@abc.co.tz", "ABC Company").await;
+    let abc = owner
+        .create_account("ABC Company", "admin@abc.co.tz")
+        .await
+        .account_id;
+    let head = server.log_head().await;
+    let attempts = (0..20).map(|_| {
+        let mut hosting = owner.hosting();
+        let request = pb::OrderServiceRequest {
+            account_id: abc.clone(),
+            product_id: catalogue.hosting_product_id.clone(),
+            domain: "abc.co.tz".into(),
+            billing_cycle: pb::BillingCycle::Monthly as i32,
+            request_id: "order-abc-hosting".into(),
+        };
+        async move { hosting.order_service(request).await.map(|r| r.into_inner()) }
+    });
+    let outcomes: Vec<pb::OrderServiceResponse> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every attempt is answered"))
+        .collect();
+    assert!(outcomes.iter().all(|o| *o == outcomes[0]), "{outcomes:?}");
+    assert_eq!(outcomes[0].position, head + 2);
+    assert_eq!(
+        server.log_head().await,
+        head + 2,
+        "one order: ServiceOrdered and InvoiceIssued"
+    );
+}
+
+on_both_backends!(concurrent_retries_of_one_request_append_once_and_share_its_outcome
+    => concurrent_retries_of_one_request_append_once_and_share_its_outcome_on_sqlite,
+       concurrent_retries_of_one_request_append_once_and_share_its_outcome_on_postgres);
