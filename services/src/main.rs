@@ -232,6 +232,9 @@ fn token(args: TokenArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The exit status of `audit verify` when the hash chain is broken (1 is any other failure).
+const BROKEN_CHAIN: u8 = 3;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -244,9 +247,16 @@ async fn main() -> ExitCode {
         Command::Demo(args) => onbehalf::demo::run(&args.server, &args.data_dir)
             .await
             .map_err(|e| e.to_string()),
-        Command::Audit(args) => onbehalf::cli::audit::run(&args, &mut std::io::stdout())
-            .await
-            .map_err(|e| e.to_string()),
+        Command::Audit(args) => {
+            match onbehalf::cli::audit::run(&args, &mut std::io::stdout()).await {
+                // A broken chain is a finding, not a failure to run: scripts tell them apart.
+                Err(e @ onbehalf::cli::audit::AuditCliError::Broken { .. }) => {
+                    eprintln!("onbehalf: {e}");
+                    return ExitCode::from(BROKEN_CHAIN);
+                }
+                other => other.map_err(|e| e.to_string()),
+            }
+        }
         Command::Events(args) => onbehalf::cli::history::events(&args, &mut std::io::stdout())
             .await
             .map_err(|e| e.to_string()),

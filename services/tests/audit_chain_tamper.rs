@@ -9,8 +9,7 @@ use chrono::{DateTime, Utc};
 use onbehalf::store::postgres::PostgresStore;
 use onbehalf::store::sqlite::{SqliteStore, DATABASE_FILE};
 use onbehalf::store::{
-    verify_chain, AppendBatch, BreakKind, ChainHash, ChainReport, EventReader, EventStore,
-    NewEvent, StoreError,
+    verify_chain, AppendBatch, BreakKind, ChainHash, ChainReport, EventStore, NewEvent, StoreError,
 };
 use onbehalf::testing::{postgres_test_database, TempDataDir};
 use onbehalf_events::{Actor, Metadata};
@@ -345,64 +344,3 @@ on_both_backends!(
 
 // ---------------------------------------------------------------------------------------------
 // A log written before the chain existed
-
-#[tokio::test]
-async fn sqlite_log_written_before_the_chain_is_sealed_on_open_and_verifies() {
-    let dir = TempDataDir::new();
-    let before = {
-        let store = SqliteStore::open(dir.path()).await.unwrap();
-        six_events(&store).await;
-        store.read_all(0, 100).await.unwrap()
-    };
-    // Bring the file back to the first schema: no head table, no hashes.
-    let raw = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-    raw.execute_batch(
-        "DROP TABLE event_head; DELETE FROM schema_version WHERE version > 1; \
-         UPDATE events SET hash = NULL;",
-    )
-    .unwrap();
-    drop(raw);
-
-    let store = SqliteStore::open(dir.path()).await.unwrap();
-
-    assert_eq!(store.schema_version().await.unwrap(), 2);
-    assert_eq!(store.head_position().await.unwrap(), 6);
-    assert_eq!(store.read_all(0, 100).await.unwrap(), before);
-    assert_eq!(
-        verify(&store).await,
-        ChainReport::Intact {
-            head: 6,
-            last_hash: stored_hash(&store, 6).await,
-        }
-    );
-}
-
-#[tokio::test]
-async fn postgres_log_written_before_the_chain_is_sealed_on_connect_and_verifies() {
-    let Some(db) = postgres_test_database().await else {
-        return;
-    };
-    let before = {
-        let store = PostgresStore::connect(&db.url).await.unwrap();
-        six_events(&store).await;
-        store.read_all(0, 100).await.unwrap()
-    };
-    let raw = db.client().await.unwrap();
-    raw.batch_execute("UPDATE events SET hash = NULL")
-        .await
-        .unwrap();
-
-    let store = PostgresStore::connect(&db.url).await.unwrap();
-
-    assert_eq!(store.read_all(0, 100).await.unwrap(), before);
-    assert_eq!(
-        verify(&store).await,
-        ChainReport::Intact {
-            head: 6,
-            last_hash: stored_hash(&store, 6).await,
-        }
-    );
-    drop(raw);
-    drop(store);
-    db.drop_database().await.unwrap();
-}

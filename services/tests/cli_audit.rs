@@ -271,6 +271,22 @@ async fn operator_exports_and_verifies_then_sees_the_tampering<F, Fut>(
     let (ok, stdout, stderr) = run(audit("verify", &url, dir.path(), &[])).await;
     assert!(!ok, "a broken chain exits non-zero");
     assert_eq!(stdout, "broken: position 3, altered\n");
+    // A broken chain exits 3, a verification that could not run exits 1: scripts tell them apart.
+    let exit = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN).args(&args).status().expect("runs").code()
+        })
+    };
+    assert_eq!(
+        exit(audit("verify", &url, dir.path(), &[])).await.unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        exit(audit("verify", "http://127.0.0.1:1", dir.path(), &[]))
+            .await
+            .unwrap(),
+        Some(1)
+    );
     assert_eq!(
         stderr,
         "onbehalf: the log's hash chain is broken at position 3: altered\n"

@@ -590,3 +590,31 @@ async fn aggregate_at_a_version_prints_the_write_model_and_the_events_that_led_t
     };
     aggregate_at_a_version(tell_the_story_on(Some(db)).await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_commands_on_a_directory_without_a_log_say_so_and_create_nothing() {
+    let parent = TempDataDir::new();
+    let missing = parent.path().join("onbehalf-dat");
+    let missing_arg = missing.to_str().expect("a UTF-8 path").to_owned();
+    for command in [
+        vec!["replay", "--until", "1", "--data-dir", &missing_arg],
+        vec![
+            "aggregate",
+            "0f6c1f4e-3f0a-4a57-9a43-5a1b0c3b2f10",
+            "--data-dir",
+            &missing_arg,
+        ],
+    ] {
+        let (ok, out, err) = run(args(&command)).await;
+        assert!(!ok);
+        assert_eq!(out, "");
+        assert_eq!(
+            err,
+            format!(
+                "onbehalf: no log at {}; give the server's --data-dir, or --database-url\n",
+                missing.join("events.db").display()
+            )
+        );
+    }
+    assert!(!missing.exists(), "nothing was created");
+}

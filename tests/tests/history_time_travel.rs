@@ -397,6 +397,24 @@ async fn looking_back_is_for_the_owner_and_auditors_and_only_at_points_the_log_h
         status.message(),
         "time: is later than now (2025-03-12T09:00:00Z)"
     );
+    // A second before year 1 is no timestamp protobuf can carry back.
+    let before_year_one = prost_types::Timestamp {
+        seconds: -62_135_596_801,
+        nanos: 0,
+    };
+    let status = server
+        .rejects_field(
+            "time",
+            story
+                .owner
+                .history()
+                .get_account_as_of(ask(Some(AccountPoint::Time(before_year_one)))),
+        )
+        .await;
+    assert_eq!(
+        status.message(),
+        "time: is not a valid timestamp (years 1 to 9999)"
+    );
     server
         .rejects_field(
             "point",

@@ -46,8 +46,8 @@ pub struct EventsArgs {
     /// The first position to show (inclusive).
     #[arg(long)]
     pub from: Option<u64>,
-    /// The last position to show (inclusive).
-    #[arg(long)]
+    /// The last position to show (inclusive); positions start at 1.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub to: Option<u64>,
     /// Keep running and show events as they are appended.
     #[arg(long)]

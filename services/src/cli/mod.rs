@@ -121,8 +121,16 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// Opens the log (running migrations, as the server does).
+    /// Opens an existing log (running migrations, as the server does); a data directory that
+    /// holds no log is an error, so that a mistyped path creates nothing.
     pub async fn open(&self) -> Result<Arc<dyn EventStore>> {
+        let file = self.data_dir.join(crate::store::sqlite::DATABASE_FILE);
+        if self.database_url.is_none() && !file.is_file() {
+            return Err(Error::FailedPrecondition(format!(
+                "no log at {}; give the server's --data-dir, or --database-url",
+                file.display()
+            )));
+        }
         Ok(match &self.database_url {
             Some(url) => Arc::new(PostgresStore::connect(url).await?),
             None => Arc::new(SqliteStore::open(&self.data_dir).await?),

@@ -103,8 +103,11 @@ fn time(field: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>> {
     u32::try_from(t.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)
+        .filter(|_| {
+            (convert::MIN_TIMESTAMP_SECONDS..=convert::MAX_TIMESTAMP_SECONDS).contains(&t.seconds)
+        })
         .and_then(|n| DateTime::from_timestamp(t.seconds, n))
-        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp (years 1 to 9999)"))
 }
 
 fn order(raw: i32) -> Result<AuditOrder> {
@@ -162,7 +165,7 @@ fn parse_page_token(order: AuditOrder, raw: &str) -> Result<Option<u64>> {
         AuditOrder::NewestFirst => "b",
     };
     raw.strip_prefix(tag)
-        .and_then(|n| n.parse::<u64>().ok())
+        .and_then(convert::canonical_number)
         .map(Some)
         .ok_or_else(|| {
             Error::invalid(

@@ -99,6 +99,19 @@ pub(crate) fn product_kind_to_pb(k: ProductKind) -> i32 {
     }
 }
 
+/// The first second a `google.protobuf.Timestamp` may hold: 0001-01-01T00:00:00Z.
+pub(crate) const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+/// The last second a `google.protobuf.Timestamp` may hold: 9999-12-31T23:59:59Z.
+pub(crate) const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// A decimal number as this server writes it: digits only, no sign, no leading zero.
+pub(crate) fn canonical_number(raw: &str) -> Option<u64> {
+    let canonical = !raw.is_empty()
+        && raw.bytes().all(|b| b.is_ascii_digit())
+        && (raw == "0" || !raw.starts_with('0'));
+    canonical.then(|| raw.parse().ok()).flatten()
+}
+
 pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.timestamp(),
@@ -152,7 +165,8 @@ pub(crate) fn page<T>(items: Vec<T>, page_size: u32, page_token: &str) -> Result
     } else {
         page_token
             .strip_prefix("o")
-            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(canonical_number)
+            .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| Error::invalid("page_token", "is not a token this server issued"))?
     };
     let total = items.len();
@@ -189,5 +203,8 @@ mod tests {
         let (last, token) = page((1..=5).collect::<Vec<_>>(), 2, &token).unwrap();
         assert_eq!((last, token.as_str()), (vec![5], ""));
         assert!(page(vec![1], 2, "bogus").is_err());
+        for forged in ["o+2", "o02", "o-1", "o"] {
+            assert!(page(vec![1, 2, 3], 2, forged).is_err(), "{forged}");
+        }
     }
 }

@@ -93,8 +93,11 @@ fn timestamp(field: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>> {
     u32::try_from(t.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)
+        .filter(|_| {
+            (convert::MIN_TIMESTAMP_SECONDS..=convert::MAX_TIMESTAMP_SECONDS).contains(&t.seconds)
+        })
         .and_then(|n| DateTime::from_timestamp(t.seconds, n))
-        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp (years 1 to 9999)"))
 }
 
 impl History {

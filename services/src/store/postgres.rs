@@ -188,7 +188,6 @@ impl PostgresStore {
 
         let store = PostgresStore { pool };
         store.migrate().await?;
-        store.seal_unhashed().await?;
         Ok(store)
     }
 
@@ -219,77 +218,6 @@ impl PostgresStore {
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         self.pool.get().await.map_err(map_pool_err)
-    }
-
-    /// Gives the events written before the store kept a hash chain their links, in position
-    /// order, in one transaction holding the head lock (so no append interleaves).
-    ///
-    /// Such a log has no hash on its first event (a chained log has one on every event), so an
-    /// up-to-date log costs one lookup. The chain vouches for those events from the moment they
-    /// are sealed, not from when they were written.
-    async fn seal_unhashed(&self) -> StoreResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(map_err)?;
-        tx.execute(
-            "SELECT position FROM event_head WHERE singleton FOR UPDATE",
-            &[],
-        )
-        .await
-        .map_err(map_err)?;
-        let first = tx
-            .query_opt("SELECT hash FROM events ORDER BY position LIMIT 1", &[])
-            .await
-            .map_err(map_err)?;
-        let first: Option<Option<String>> = first
-            .map(|row| row.try_get(0).map_err(corrupt))
-            .transpose()?;
-        if !matches!(first, Some(None)) {
-            return Ok(());
-        }
-        let select = tx
-            .prepare(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 \
-                 ORDER BY position LIMIT 1000"
-            ))
-            .await
-            .map_err(map_err)?;
-        let update = tx
-            .prepare("UPDATE events SET hash = $1 WHERE position = $2")
-            .await
-            .map_err(map_err)?;
-        let mut previous = super::GENESIS_HASH;
-        let mut after = 0u64;
-        loop {
-            let rows = tx
-                .query(&select, &[&to_sql_int(after)])
-                .await
-                .map_err(map_err)?;
-            let events = rows
-                .iter()
-                .map(decode_event)
-                .collect::<StoreResult<Vec<_>>>()?;
-            let Some(last) = events.last() else { break };
-            after = last.position;
-            for event in &events {
-                let link = match event.hash.as_deref() {
-                    None => super::EventContent::of(event).chain_hash(&previous)?,
-                    Some(stored) => super::ChainHash::parse(stored).ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "event at position {} carries no valid hash",
-                            event.position
-                        ))
-                    })?,
-                };
-                if event.hash.is_none() {
-                    tx.execute(&update, &[&link.to_string(), &to_sql_int(event.position)])
-                        .await
-                        .map_err(map_err)?;
-                }
-                previous = link;
-            }
-        }
-        tracing::info!(head = after, "sealed the log's events into the hash chain");
-        tx.commit().await.map_err(map_err)
     }
 
     async fn migrate(&self) -> StoreResult<()> {

@@ -116,7 +116,6 @@ impl SqliteStore {
 
         let mut writer = connect(&path)?;
         migrate(&mut writer)?;
-        seal_unhashed(&mut writer)?;
         let reader = connect(&path)?;
 
         Ok(SqliteStore {
@@ -404,63 +403,6 @@ fn head_hash(conn: &Connection, head: u64) -> StoreResult<Option<Option<String>>
         .query_row(params![to_sql_int(head)], |row| row.get(0))
         .optional()
         .map_err(map_err)
-}
-
-/// Gives the events written before the store kept a hash chain their links, in position order,
-/// all in one write transaction.
-///
-/// Such a log has no hash on its first event (a chained log has one on every event), so an
-/// up-to-date log costs one lookup. The chain vouches for those events from the moment they are
-/// sealed, not from when they were written.
-fn seal_unhashed(conn: &mut Connection) -> StoreResult<()> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(map_err)?;
-    let first: Option<Option<String>> = tx
-        .query_row(
-            "SELECT hash FROM events ORDER BY position LIMIT 1",
-            [],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(map_err)?;
-    if !matches!(first, Some(None)) {
-        return Ok(());
-    }
-    let mut previous = super::GENESIS_HASH;
-    let mut after = 0u64;
-    loop {
-        let events = query_events(
-            &tx,
-            &format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 \
-                 ORDER BY position LIMIT 1000"
-            ),
-            params![to_sql_int(after)],
-        )?;
-        let Some(last) = events.last() else { break };
-        after = last.position;
-        for event in &events {
-            let link = match event.hash.as_deref() {
-                None => super::EventContent::of(event).chain_hash(&previous)?,
-                Some(stored) => super::ChainHash::parse(stored).ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "event at position {} carries no valid hash",
-                        event.position
-                    ))
-                })?,
-            };
-            if event.hash.is_none() {
-                tx.prepare_cached("UPDATE events SET hash = ?1 WHERE position = ?2")
-                    .map_err(map_err)?
-                    .execute(params![link.to_string(), to_sql_int(event.position)])
-                    .map_err(map_err)?;
-            }
-            previous = link;
-        }
-    }
-    tracing::info!(head = after, "sealed the log's events into the hash chain");
-    tx.commit().map_err(map_err)
 }
 
 fn append_blocking(conn: &mut Connection, batch: AppendBatch) -> StoreResult<Appended> {
