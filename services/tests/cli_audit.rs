@@ -287,6 +287,20 @@ async fn operator_exports_and_verifies_then_sees_the_tampering<F, Fut>(
             .unwrap(),
         Some(1)
     );
+    // The same walk without a server, straight from the log.
+    let mut offline = vec![
+        "audit".to_owned(),
+        "verify".to_owned(),
+        "--offline".to_owned(),
+        "--data-dir".to_owned(),
+        dir.path().display().to_string(),
+    ];
+    if let Some(db) = database {
+        offline.extend(["--database-url".to_owned(), db.url.clone()]);
+    }
+    let (ok, stdout, _) = run(offline).await;
+    assert!(!ok);
+    assert_eq!(stdout, "broken: position 3, altered\n");
     assert_eq!(
         stderr,
         "onbehalf: the log's hash chain is broken at position 3: altered\n"

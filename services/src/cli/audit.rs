@@ -87,6 +87,13 @@ pub struct VerifyArgs {
     /// How to reach the server.
     #[command(flatten)]
     pub server: ServerArgs,
+    /// Walk the log directly (`--data-dir` or `--database-url`) instead of asking a server:
+    /// works when a damaged log keeps the server from starting.
+    #[arg(long)]
+    pub offline: bool,
+    /// Where the log is, with `--offline`.
+    #[command(flatten)]
+    pub store: crate::cli::StoreArgs,
 }
 
 /// Why an `audit` subcommand failed.
@@ -249,9 +256,40 @@ fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// Walks the log's hash chain directly, as `VerifyAuditTrail` does on the server.
+async fn verify_offline(
+    store: &crate::cli::StoreArgs,
+    out: &mut dyn Write,
+) -> Result<(), AuditCliError> {
+    use crate::store::{verify_chain, BreakKind, ChainReport};
+    let target = || "standard output".to_owned();
+    let log = store.open().await?;
+    let report = verify_chain(&*log, 1000).await.map_err(Error::from)?;
+    match report {
+        ChainReport::Intact { head, last_hash } => {
+            writeln!(out, "intact: head {head}, last hash {last_hash}")
+                .map_err(|source| write_error(target(), source))
+        }
+        ChainReport::Broken { position, kind } => {
+            let kind = match kind {
+                BreakKind::Altered => "altered",
+                BreakKind::Deleted => "deleted",
+                BreakKind::Inserted => "inserted",
+                BreakKind::Reordered => "reordered",
+            };
+            writeln!(out, "broken: position {position}, {kind}")
+                .map_err(|source| write_error(target(), source))?;
+            Err(AuditCliError::Broken { position, kind })
+        }
+    }
+}
+
 /// Asks the server to verify the log's hash chain and writes one line: `intact: head <n>, last
 /// hash <hex>`, or `broken: position <n>, <kind>` followed by [`AuditCliError::Broken`].
 pub async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<(), AuditCliError> {
+    if args.offline {
+        return verify_offline(&args.store, out).await;
+    }
     let mut client = client(&args.server).await?;
     let response = client
         .verify_audit_trail(pb::VerifyAuditTrailRequest {})
