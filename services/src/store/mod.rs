@@ -544,10 +544,8 @@ mod tests {
     fn a_chain_hash_reads_back_from_its_hex_form_and_nothing_else_parses() {
         let hash = GENESIS_HASH.next(b"x");
         assert_eq!(ChainHash::parse(&hash.to_string()), Some(hash));
-        assert_eq!(
-            ChainHash::parse(&hash.to_string().to_uppercase()),
-            Some(hash)
-        );
+        // The store writes lower case; an upper-cased hash is a changed row.
+        assert_eq!(ChainHash::parse(&hash.to_string().to_uppercase()), None);
         assert_eq!(ChainHash::parse(&"0".repeat(63)), None);
         assert_eq!(ChainHash::parse(&"g".repeat(64)), None);
         assert_eq!(ChainHash::parse(&"é".repeat(32)), None);
