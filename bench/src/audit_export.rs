@@ -132,6 +132,11 @@ pub async fn measure_verify(
 ) -> Result<(String, f64), BenchError> {
     let args = VerifyArgs {
         server: server_args(url, key_dir),
+        offline: false,
+        store: onbehalf::cli::StoreArgs {
+            data_dir: key_dir.to_path_buf(),
+            database_url: None,
+        },
     };
     let mut times = Vec::new();
     let mut report = Vec::new();
