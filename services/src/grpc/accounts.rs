@@ -118,26 +118,19 @@ impl AccountOutcome {
     }
 }
 
-/// Executes a command on an account and answers with the account as the command left it.
+/// Executes a command on an account and answers with the account as the command left it, and
+/// the command's position.
 async fn account_after(
     app: &App,
     call: &Call,
     account_id: Uuid,
     body: AccountCommand,
     key: Option<crate::executor::Idempotency>,
-) -> Result<(pb::Account, crate::executor::Executed<()>)> {
+) -> Result<(pb::Account, u64)> {
     let done = app
         .execute_account(call, account_id, body, key, AccountOutcome::of)
         .await?;
-    let account = done.value.message();
-    Ok((
-        account,
-        crate::executor::Executed {
-            value: (),
-            position: done.position,
-            replayed: done.replayed,
-        },
-    ))
+    Ok((done.value.message(), done.position))
 }
 
 /// Checks that the calling user is registered, on its own stream.
@@ -167,23 +160,15 @@ impl Accounts {
         require_registered(app, &call).await?;
 
         let account_id = Uuid::new_v4();
-        let done = app
-            .execute_account(
-                &call,
-                account_id,
-                AccountCommand::Create {
-                    account_id,
-                    name,
-                    email,
-                },
-                key,
-                AccountOutcome::of,
-            )
-            .await?;
-        let account = done.value.message();
+        let body = AccountCommand::Create {
+            account_id,
+            name,
+            email,
+        };
+        let (account, position) = account_after(app, &call, account_id, body, key).await?;
         Ok(pb::CreateAccountResponse {
             account: Some(account),
-            position: done.position,
+            position,
         })
     }
 
@@ -214,7 +199,7 @@ impl Accounts {
         let name = convert::name("name", &req.name)?;
         let email = convert::email("email", &req.email)?;
         let key = idempotency("UpdateAccountProfile", &request_id, &req)?;
-        let (account, done) = account_after(
+        let (account, position) = account_after(
             app,
             &call,
             account_id,
@@ -224,7 +209,7 @@ impl Accounts {
         .await?;
         Ok(pb::UpdateAccountProfileResponse {
             account: Some(account),
-            position: done.position,
+            position,
         })
     }
 
@@ -239,7 +224,7 @@ impl Accounts {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let new_owner_user_id = convert::uuid("new_owner_user_id", &req.new_owner_user_id)?;
         let key = idempotency("TransferOwnership", &request_id, &req)?;
-        let (account, done) = account_after(
+        let (account, position) = account_after(
             app,
             &call,
             account_id,
@@ -249,7 +234,7 @@ impl Accounts {
         .await?;
         Ok(pb::TransferOwnershipResponse {
             account: Some(account),
-            position: done.position,
+            position,
         })
     }
 

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use onbehalf_events::Actor;
 use onbehalf_projections::{AuditEntry, AuditFilter, AuditOrder};
 use onbehalf_proto::v1 as pb;
@@ -99,17 +99,6 @@ struct RawQuery<'a> {
     order: i32,
 }
 
-fn time(field: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>> {
-    u32::try_from(t.nanos)
-        .ok()
-        .filter(|n| *n < 1_000_000_000)
-        .filter(|_| {
-            (convert::MIN_TIMESTAMP_SECONDS..=convert::MAX_TIMESTAMP_SECONDS).contains(&t.seconds)
-        })
-        .and_then(|n| DateTime::from_timestamp(t.seconds, n))
-        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp (years 1 to 9999)"))
-}
-
 fn order(raw: i32) -> Result<AuditOrder> {
     match pb::AuditOrder::try_from(raw) {
         Ok(pb::AuditOrder::OldestFirst) => Ok(AuditOrder::OldestFirst),
@@ -131,8 +120,14 @@ fn parse_query(raw: RawQuery<'_>) -> Result<(AuditFilter, AuditOrder)> {
             ))
         }
     };
-    let from = raw.from_time.map(|t| time("from_time", t)).transpose()?;
-    let to = raw.to_time.map(|t| time("to_time", t)).transpose()?;
+    let from = raw
+        .from_time
+        .map(|t| convert::parse_timestamp("from_time", t))
+        .transpose()?;
+    let to = raw
+        .to_time
+        .map(|t| convert::parse_timestamp("to_time", t))
+        .transpose()?;
     if let (Some(from), Some(to)) = (from, to) {
         if to < from {
             return Err(Error::invalid("to_time", "must not be before from_time"));

@@ -100,9 +100,9 @@ pub(crate) fn product_kind_to_pb(k: ProductKind) -> i32 {
 }
 
 /// The first second a `google.protobuf.Timestamp` may hold: 0001-01-01T00:00:00Z.
-pub(crate) const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
 /// The last second a `google.protobuf.Timestamp` may hold: 9999-12-31T23:59:59Z.
-pub(crate) const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 
 /// A decimal number as this server writes it: digits only, no sign, no leading zero.
 pub(crate) fn canonical_number(raw: &str) -> Option<u64> {
@@ -110,6 +110,17 @@ pub(crate) fn canonical_number(raw: &str) -> Option<u64> {
         && raw.bytes().all(|b| b.is_ascii_digit())
         && (raw == "0" || !raw.starts_with('0'));
     canonical.then(|| raw.parse().ok()).flatten()
+}
+
+/// A request's timestamp, refused unless protobuf could carry it back (years 1 to 9999, nanos
+/// below a second).
+pub(crate) fn parse_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>> {
+    u32::try_from(t.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .filter(|_| (MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&t.seconds))
+        .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp (years 1 to 9999)"))
 }
 
 pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {

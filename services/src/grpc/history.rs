@@ -75,7 +75,7 @@ impl HistoryService for History {
 fn point(position: Option<u64>, time: Option<&prost_types::Timestamp>) -> Result<Point> {
     match (position, time) {
         (Some(p), None) => Ok(Point::Position(p)),
-        (None, Some(t)) => timestamp("time", t).map(Point::Time),
+        (None, Some(t)) => convert::parse_timestamp("time", t).map(Point::Time),
         // The wire format keeps only the last member of a oneof, so this is unreachable from a
         // protobuf client; it is refused all the same.
         (Some(_), Some(_)) => Err(Error::invalid(
@@ -87,17 +87,6 @@ fn point(position: Option<u64>, time: Option<&prost_types::Timestamp>) -> Result
             "is required: give a position or a time",
         )),
     }
-}
-
-fn timestamp(field: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>> {
-    u32::try_from(t.nanos)
-        .ok()
-        .filter(|n| *n < 1_000_000_000)
-        .filter(|_| {
-            (convert::MIN_TIMESTAMP_SECONDS..=convert::MAX_TIMESTAMP_SECONDS).contains(&t.seconds)
-        })
-        .and_then(|n| DateTime::from_timestamp(t.seconds, n))
-        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp (years 1 to 9999)"))
 }
 
 impl History {

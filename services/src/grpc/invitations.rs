@@ -98,7 +98,8 @@ impl InvitationOutcome {
     }
 }
 
-/// Executes a command on an invitation and answers with the invitation as the command left it.
+/// Executes a command on an invitation and answers with the invitation as the command left
+/// it, and the command's position.
 async fn invitation_after(
     app: &App,
     call: &super::Call,
@@ -106,22 +107,14 @@ async fn invitation_after(
     invitation_id: Uuid,
     body: AccountCommand,
     key: Option<crate::executor::Idempotency>,
-) -> Result<(pb::Invitation, crate::executor::Executed<()>)> {
+) -> Result<(pb::Invitation, u64)> {
     let now = app.executor().clock().now();
     let done = app
         .execute_account(call, account_id, body, key, |a| {
             InvitationOutcome::of(a, invitation_id, now)
         })
         .await?;
-    let invitation = done.value.message();
-    Ok((
-        invitation,
-        crate::executor::Executed {
-            value: (),
-            position: done.position,
-            replayed: done.replayed,
-        },
-    ))
+    Ok((done.value.message(), done.position))
 }
 
 #[tonic::async_trait]
@@ -255,16 +248,11 @@ impl Invitations {
             permissions,
             ttl,
         };
-        let now = app.executor().clock().now();
-        let done = app
-            .execute_account(&call, account_id, body, key, |a| {
-                InvitationOutcome::of(a, invitation_id, now)
-            })
-            .await?;
-        let invitation = done.value.message();
+        let (invitation, position) =
+            invitation_after(app, &call, account_id, invitation_id, body, key).await?;
         Ok(pb::InviteUserResponse {
             invitation: Some(invitation),
-            position: done.position,
+            position,
         })
     }
 
@@ -280,7 +268,7 @@ impl Invitations {
         let invitation_id = convert::uuid("invitation_id", &req.invitation_id)?;
         let key = idempotency("ResendInvitation", &request_id, &req)?;
         let ttl = app.settings().invitation_ttl;
-        let (invitation, done) = invitation_after(
+        let (invitation, position) = invitation_after(
             app,
             &call,
             account_id,
@@ -291,7 +279,7 @@ impl Invitations {
         .await?;
         Ok(pb::ResendInvitationResponse {
             invitation: Some(invitation),
-            position: done.position,
+            position,
         })
     }
 
@@ -306,7 +294,7 @@ impl Invitations {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let invitation_id = convert::uuid("invitation_id", &req.invitation_id)?;
         let key = idempotency("CancelInvitation", &request_id, &req)?;
-        let (invitation, done) = invitation_after(
+        let (invitation, position) = invitation_after(
             app,
             &call,
             account_id,
@@ -317,7 +305,7 @@ impl Invitations {
         .await?;
         Ok(pb::CancelInvitationResponse {
             invitation: Some(invitation),
-            position: done.position,
+            position,
         })
     }
 
