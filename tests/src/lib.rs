@@ -15,6 +15,8 @@
     rust_2018_idioms
 )]
 
+pub mod authz;
+
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
