@@ -147,12 +147,18 @@ impl Hosting {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let service_id = convert::uuid("service_id", &req.service_id)?;
         let key = idempotency("RenewService", &request_id, &req)?;
+        let invoice_id = Uuid::new_v4();
         let body = AccountCommand::RenewService {
             service_id,
-            invoice_id: Uuid::new_v4(),
+            invoice_id,
         };
         let done = app
             .execute_account(&call, account_id, body, key, |account| {
+                // A free renewal is settled as it is issued and moves the next due date on, so
+                // the invoice it issued is no longer the pending one: name it by its id.
+                if account.invoices.contains_key(&invoice_id) {
+                    return Ok(invoice_id);
+                }
                 account
                     .pending_renewal(service_id)
                     .ok_or_else(|| Error::Internal("renewal left no invoice".into()))
