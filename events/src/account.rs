@@ -39,6 +39,42 @@ pub struct InvoiceLine {
     pub amount_minor: i64,
 }
 
+/// Why a control panel did not open a session, as the log records it: a kind, never the panel's
+/// own words, the session URL or a credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PanelFailure {
+    /// The panel's server could not be reached (name resolution, connection refused or reset).
+    Unreachable,
+    /// The panel did not answer in time.
+    Timeout,
+    /// The TLS handshake failed, e.g. an untrusted or mismatched certificate.
+    Tls,
+    /// The panel refused the provider's API credentials.
+    Unauthorized,
+    /// The panel answered with an HTTP error status.
+    HttpStatus,
+    /// The panel's answer could not be understood.
+    InvalidResponse,
+    /// The panel understood the request and declined it (e.g. no such panel user).
+    Refused,
+}
+
+impl PanelFailure {
+    /// The kind as a lowercase word, as serialised: `unreachable`, `timeout`, `tls`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PanelFailure::Unreachable => "unreachable",
+            PanelFailure::Timeout => "timeout",
+            PanelFailure::Tls => "tls",
+            PanelFailure::Unauthorized => "unauthorized",
+            PanelFailure::HttpStatus => "http_status",
+            PanelFailure::InvalidResponse => "invalid_response",
+            PanelFailure::Refused => "refused",
+        }
+    }
+}
+
 /// What happened to a client account.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AccountEvent {

@@ -21,6 +21,7 @@ pub mod executor;
 pub mod grpc;
 pub mod history;
 pub mod limit;
+pub mod panel;
 pub mod read;
 pub mod relay;
 pub mod server;
