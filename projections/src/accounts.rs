@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use onbehalf_events::values::{Email, Name};
 use onbehalf_events::{AccountEvent, PermissionSet, StoredEvent, UserEvent};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::format::name_key;
 
 /// A registered user as the log last described it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserView {
     /// The user's id.
     pub user_id: Uuid,
@@ -21,7 +22,7 @@ pub struct UserView {
 }
 
 /// A client account: its profile, owner and members.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountView {
     /// The account's id.
     pub account_id: Uuid,
@@ -73,7 +74,7 @@ pub struct MemberView {
 }
 
 /// Where an invitation stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum InvitationState {
     /// Sent and still acceptable.
     Pending,
@@ -113,8 +114,8 @@ pub struct InvitationView {
 }
 
 /// An invitation as folded; its state is never [`InvitationState::Expired`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Invitation {
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Invitation {
     invitation_id: Uuid,
     email: Email,
     permissions: PermissionSet,
@@ -473,6 +474,82 @@ impl AccountTree {
             | AccountEvent::ServiceRenewed { .. }
             | AccountEvent::ServiceCancelled { .. }
             | AccountEvent::NameserversUpdated { .. } => {}
+        }
+    }
+
+    /// The account's view and invitations, as a persisted document holds them.
+    pub(crate) fn account_parts(&self, account_id: Uuid) -> (Option<AccountView>, Vec<Invitation>) {
+        (
+            self.accounts.get(&account_id).cloned(),
+            self.invitations
+                .get(&account_id)
+                .cloned()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Replaces what the tree holds about one account; the user-to-account access follows the
+    /// account's owner and members, which is what the fold grants and revokes.
+    pub(crate) fn put_account_parts(
+        &mut self,
+        account_id: Uuid,
+        view: Option<AccountView>,
+        invitations: Vec<Invitation>,
+    ) {
+        if let Some(previous) = self.accounts.remove(&account_id) {
+            self.revoke_access(previous.owner_user_id, account_id);
+            for user_id in previous.members.keys() {
+                self.revoke_access(*user_id, account_id);
+            }
+        }
+        if let Some(view) = view {
+            self.grant_access(view.owner_user_id, account_id);
+            for user_id in view.members.keys() {
+                self.grant_access(*user_id, account_id);
+            }
+            self.accounts.insert(account_id, view);
+        }
+        if invitations.is_empty() {
+            self.invitations.remove(&account_id);
+        } else {
+            self.invitations.insert(account_id, invitations);
+        }
+    }
+
+    /// Every account, user and invitee email key held, in key order.
+    pub(crate) fn keys(&self) -> (Vec<Uuid>, Vec<Uuid>, Vec<String>) {
+        let mut accounts: Vec<Uuid> = self.accounts.keys().copied().collect();
+        accounts.extend(self.invitations.keys().copied());
+        (
+            accounts,
+            self.users.keys().copied().collect(),
+            self.invitations_by_email.keys().cloned().collect(),
+        )
+    }
+
+    /// Replaces a user's view, keeping the email index in step.
+    pub(crate) fn put_user(&mut self, view: UserView) {
+        if let Some(previous) = self.users.get(&view.user_id) {
+            self.users_by_email.remove(&previous.email.key());
+        }
+        self.users_by_email.insert(view.email.key(), view.user_id);
+        self.users.insert(view.user_id, view);
+    }
+
+    /// The `(account, invitation)` pairs sent to an email key, in the order first sent.
+    pub(crate) fn invitations_to(&self, email_key: &str) -> Vec<(Uuid, Uuid)> {
+        self.invitations_by_email
+            .get(email_key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Replaces the invitations sent to an email key.
+    pub(crate) fn put_invitations_to(&mut self, email_key: String, sent: Vec<(Uuid, Uuid)>) {
+        if sent.is_empty() {
+            self.invitations_by_email.remove(&email_key);
+        } else {
+            self.invitations_by_email.insert(email_key, sent);
         }
     }
 

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use onbehalf_events::values::Email;
 use onbehalf_events::{Actor, Permission, StoredEvent};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::accounts::AccountTree;
 
 /// One event of the log as the audit trail shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// The event's position in the log.
     pub position: u64,
@@ -176,6 +176,41 @@ impl AuditTrail {
         AuditPage { entries, next }
     }
 
+    /// Appends an entry recorded elsewhere (a persisted one), indexing it like a recorded one:
+    /// under its `on_behalf_of` account and the account of its own stream.
+    pub(crate) fn push_recorded(&mut self, entry: AuditEntry) {
+        let stream_account = entry
+            .stream_id
+            .strip_prefix("account-")
+            .and_then(|id| Uuid::parse_str(id).ok());
+        let concerned: Vec<Uuid> = entry
+            .on_behalf_of
+            .into_iter()
+            .chain(stream_account)
+            .collect();
+        self.index(entry, concerned);
+    }
+
+    /// Takes every entry out, leaving the trail empty.
+    pub(crate) fn drain(&mut self) -> Vec<AuditEntry> {
+        self.by_account.clear();
+        self.by_actor.clear();
+        std::mem::take(&mut self.entries)
+    }
+
+    fn index(&mut self, entry: AuditEntry, mut concerned: Vec<Uuid>) {
+        let index = self.entries.len();
+        let actor_user_id = entry.actor_user_id;
+        self.entries.push(entry);
+        concerned.dedup();
+        for account_id in concerned {
+            self.by_account.entry(account_id).or_default().push(index);
+        }
+        if let Some(user_id) = actor_user_id {
+            self.by_actor.entry(user_id).or_default().push(index);
+        }
+    }
+
     fn pick(&self, indexes: Option<&Vec<usize>>) -> Vec<&AuditEntry> {
         indexes
             .into_iter()
@@ -214,20 +249,12 @@ impl AuditTrail {
             user_agent: metadata.user_agent.clone(),
         };
 
-        let index = self.entries.len();
-        self.entries.push(entry);
-        let mut concerned: Vec<Uuid> = metadata
+        let concerned: Vec<Uuid> = metadata
             .on_behalf_of
             .into_iter()
             .chain(stream_account)
             .collect();
-        concerned.dedup();
-        for account_id in concerned {
-            self.by_account.entry(account_id).or_default().push(index);
-        }
-        if let Some(user_id) = actor_user_id {
-            self.by_actor.entry(user_id).or_default().push(index);
-        }
+        self.index(entry, concerned);
     }
 }
 

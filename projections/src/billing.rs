@@ -6,10 +6,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use onbehalf_events::account::{InvoiceKind, InvoiceLine};
 use onbehalf_events::values::{BillingCycle, Currency, DomainName, Name, ProductKind};
 use onbehalf_events::{AccountEvent, StoredEvent};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Whether a service still runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ServiceStatus {
     /// Ordered and not cancelled.
     Active,
@@ -18,7 +19,7 @@ pub enum ServiceStatus {
 }
 
 /// A service (hosting plan or domain) of a client account.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceView {
     /// The service.
     pub service_id: Uuid,
@@ -49,7 +50,7 @@ pub struct ServiceView {
 }
 
 /// Whether an invoice is still owed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum InvoiceStatus {
     /// Issued and not yet paid in full.
     Unpaid,
@@ -60,7 +61,7 @@ pub enum InvoiceStatus {
 }
 
 /// One payment recorded against an invoice.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentView {
     /// The payment.
     pub payment_id: Uuid,
@@ -75,7 +76,7 @@ pub struct PaymentView {
 }
 
 /// An invoice of a client account.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceView {
     /// The invoice.
     pub invoice_id: Uuid,
@@ -116,8 +117,8 @@ impl InvoiceView {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-struct AccountBilling {
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AccountBilling {
     /// In the order the services were ordered.
     services: Vec<ServiceView>,
     /// In the order issued, which is also the order of their numbers.
@@ -329,6 +330,34 @@ impl BillingLedger {
             | AccountEvent::MemberRemoved { .. }
             | AccountEvent::OwnershipTransferred { .. } => {}
         }
+    }
+
+    /// The services and invoices of one account, as a persisted document holds them.
+    pub(crate) fn account_part(&self, account_id: Uuid) -> AccountBilling {
+        self.accounts.get(&account_id).cloned().unwrap_or_default()
+    }
+
+    /// Replaces the services and invoices of one account.
+    pub(crate) fn put_account_part(&mut self, account_id: Uuid, billing: AccountBilling) {
+        if billing == AccountBilling::default() {
+            self.accounts.remove(&account_id);
+        } else {
+            self.accounts.insert(account_id, billing);
+        }
+    }
+
+    /// Every account with services or invoices.
+    pub(crate) fn account_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.accounts.keys().copied()
+    }
+
+    /// The number of the last issued invoice; 0 before the first.
+    pub(crate) fn last_invoice_number(&self) -> u64 {
+        self.last_number
+    }
+
+    pub(crate) fn set_last_invoice_number(&mut self, number: u64) {
+        self.last_number = number;
     }
 
     fn service_mut(&mut self, account_id: Uuid, service_id: Uuid) -> Option<&mut ServiceView> {

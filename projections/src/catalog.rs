@@ -26,6 +26,10 @@ impl CatalogView {
         self.products.get(&product_id)
     }
 
+    pub(crate) fn put(&mut self, product: Product) {
+        self.products.insert(product.product_id, product);
+    }
+
     pub(crate) fn apply(&mut self, event: &CatalogEvent) {
         match event {
             CatalogEvent::ProductPut { product } => {

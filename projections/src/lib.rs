@@ -36,6 +36,7 @@ mod accounts;
 mod audit;
 mod billing;
 mod catalog;
+mod documents;
 mod format;
 mod notifications;
 
@@ -48,6 +49,7 @@ pub use billing::{
     BillingLedger, InvoiceStatus, InvoiceView, PaymentView, ServiceStatus, ServiceView,
 };
 pub use catalog::CatalogView;
+pub use documents::{AccountDocument, Changes};
 pub use format::format_money;
 pub use notifications::{Notification, NotificationCategory, NotificationRouting};
 
@@ -126,6 +128,8 @@ pub struct ReadModels {
     pub audit: AuditTrail,
     links: Arc<dyn InvitationLinks>,
     position: u64,
+    /// What changed since last taken, while a writer of documents tracks it.
+    changes: Option<Changes>,
 }
 
 /// A payload decoded once, before any read model changes.
@@ -148,6 +152,7 @@ impl ReadModels {
             audit: AuditTrail::default(),
             links,
             position: 0,
+            changes: None,
         }
     }
 
@@ -216,6 +221,10 @@ impl ReadModels {
             Decoded::Other => None,
         };
         self.audit.record(event, stream_account, &self.accounts);
+        if self.changes.is_some() {
+            let change = change_of(event, &decoded);
+            self.note_change(change);
+        }
 
         self.position = event.position;
         Ok(Applied::Applied)
@@ -242,6 +251,31 @@ fn decode(event: &StoredEvent) -> Result<Decoded, ProjectionError> {
         // LIMITATION: events of stream types unknown to this crate are only audited; a new stream
         // type needs a new projection release before it reaches any other read model.
         _ => Ok(Decoded::Other),
+    }
+}
+
+/// Which document an applied event changed.
+fn change_of(event: &StoredEvent, decoded: &Decoded) -> documents::Change {
+    use documents::Change;
+    match decoded {
+        // The stream names the user, whatever the event type, as the account's stream names
+        // the account.
+        Decoded::User(_) => event
+            .stream_id
+            .strip_prefix("user-")
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .map_or(Change::Nothing, Change::User),
+        Decoded::Account(account_id, payload) => Change::Account {
+            account_id: *account_id,
+            invitee: match payload {
+                AccountEvent::UserInvited { email, .. } => Some(email.key()),
+                _ => None,
+            },
+        },
+        Decoded::Catalog(CatalogEvent::ProductPut { product }) => {
+            Change::Product(product.product_id)
+        }
+        Decoded::Other => Change::Nothing,
     }
 }
 

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use onbehalf_events::account::RemovalReason;
 use onbehalf_events::values::Email;
 use onbehalf_events::{AccountEvent, StoredEvent};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::accounts::{AccountTree, AccountView, UserView};
@@ -16,7 +17,7 @@ use crate::format::{describe_permissions, format_money};
 use crate::InvitationLinks;
 
 /// What a notification is about; mailers and preferences group by it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum NotificationCategory {
     /// An invitation to a client account, for the invitee.
     Invitation,
@@ -45,7 +46,7 @@ impl NotificationCategory {
 /// The id is the UUID v5 of the event id (as namespace) and `<recipient key>/<category>`, so a
 /// rebuild from the same log produces the same ids and a mailer can de-duplicate deliveries.
 /// `Debug` hides the token and the body of a notification that carries a token.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     /// Stable id: the same event, recipient and category always give the same id.
     pub notification_id: Uuid,
@@ -124,6 +125,27 @@ impl NotificationRouting {
     /// Every notification in position order.
     pub fn all(&self) -> &[Notification] {
         &self.notifications
+    }
+
+    /// Appends a notification routed elsewhere (a persisted one), indexing it like a routed one.
+    pub(crate) fn push_routed(&mut self, notification: Notification) {
+        let index = self.notifications.len();
+        self.by_recipient
+            .entry(notification.recipient_email.key())
+            .or_default()
+            .push(index);
+        self.by_account
+            .entry(notification.account_id)
+            .or_default()
+            .push(index);
+        self.notifications.push(notification);
+    }
+
+    /// Takes every notification out, leaving the routing empty.
+    pub(crate) fn drain(&mut self) -> Vec<Notification> {
+        self.by_recipient.clear();
+        self.by_account.clear();
+        std::mem::take(&mut self.notifications)
     }
 
     fn pick(&self, indexes: Option<&Vec<usize>>) -> Vec<&Notification> {

@@ -39,6 +39,10 @@ enum Command {
     Aggregate(onbehalf::cli::history::AggregateArgs),
     /// Carry committed events from the PostgreSQL log to NATS JetStream.
     Relay(onbehalf::relay::RelayArgs),
+    /// Fold the events stream from NATS JetStream into the read models in PostgreSQL.
+    Project(onbehalf::project::ProjectArgs),
+    /// Status and rebuild of the read models persisted in PostgreSQL.
+    Projections(onbehalf::cli::projections::ProjectionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +89,20 @@ struct ServeArgs {
     /// A CA (PEM) whose certificates clients must present: mutual TLS.
     #[arg(long, env = "ONBEHALF_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Where reads are answered from: `log` folds the log in this process; `postgres` mirrors
+    /// the read models that `onbehalf project` workers keep in PostgreSQL (needs
+    /// `--database-url`), for any number of replicas.
+    #[arg(long, env = "ONBEHALF_READ_MODELS", value_enum, default_value_t = ReadModelsFrom::Log)]
+    read_models: ReadModelsFrom,
+}
+
+/// `--read-models`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReadModelsFrom {
+    /// Fold the log in this process.
+    Log,
+    /// Mirror the PostgreSQL read models.
+    Postgres,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +179,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = ServerConfig::new(args.data_dir);
     config.listen = args.listen;
     config.database_url = args.database_url;
+    if args.read_models == ReadModelsFrom::Postgres {
+        if config.database_url.is_none() {
+            return Err("--read-models postgres needs --database-url".into());
+        }
+        config.read_models = server::ReadModelSource::Postgres;
+    }
     config.issuer = args.issuer;
     config.audience = args.audience;
     config.verification_keys = args.verification_keys;
@@ -273,6 +297,18 @@ async fn main() -> ExitCode {
         Command::Relay(args) => {
             init_tracing();
             onbehalf::relay::run_cli(args)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::Project(args) => {
+            init_tracing();
+            onbehalf::project::run_cli(args)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::Projections(args) => {
+            init_tracing();
+            onbehalf::cli::projections::run(&args, &mut std::io::stdout())
                 .await
                 .map_err(|e| e.to_string())
         }

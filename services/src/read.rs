@@ -7,17 +7,20 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use onbehalf_projections::ReadModels;
+use onbehalf_projections::{InvitationLinks, ReadModels};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::readmodel_pg::{ReadModelError, ReadModelStore};
 use crate::store::EventStore;
 
 /// How many events the feed reads per batch.
 const BATCH: usize = 1000;
 /// How often the feed looks at the log when no append was announced in this process.
 const POLL: Duration = Duration::from_millis(200);
+/// How often a mirror of the PostgreSQL read models looks again without a notification.
+const FALLBACK: Duration = Duration::from_secs(1);
 
 /// Shared, position-aware access to the read models.
 #[derive(Debug, Clone)]
@@ -65,6 +68,75 @@ impl ReadSide {
                         tracing::warn!(error = %e, "read-model feed failed; retrying");
                         tokio::time::sleep(POLL).await;
                     }
+                }
+            }
+        });
+        Ok(Self { models, position })
+    }
+
+    /// Read models mirrored from the PostgreSQL read models that projection workers write
+    /// (`onbehalf project`), instead of folded here: the mirror is loaded from the serving
+    /// generation, then brought forward whenever a worker's commit notifies
+    /// [`crate::readmodel_pg::NOTIFY_CHANNEL`], so a read's `min_position` waits for the
+    /// worker across processes. A rebuild's swap is seen as a new generation and loaded whole.
+    pub async fn follow_postgres(
+        store: ReadModelStore,
+        links: Arc<dyn InvitationLinks>,
+    ) -> Result<Self> {
+        let (loaded, generation) = store
+            .load(links.clone(), true)
+            .await
+            .map_err(read_model_error)?;
+        tracing::info!(
+            position = loaded.position(),
+            generation,
+            "read models loaded from PostgreSQL"
+        );
+        let (position_tx, position) = watch::channel(loaded.position());
+        let models = Arc::new(RwLock::new(loaded));
+        let (wake_tx, mut wake) = watch::channel(0u64);
+
+        let listener = store.clone();
+        let listen_stop = position_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ended = listener.listen(&wake_tx) => {
+                        if let Err(e) = ended {
+                            tracing::warn!(error = %e, "read-model notifications lost; listening again");
+                        }
+                    }
+                    _ = listen_stop.closed() => return,
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        });
+
+        let follow_models = models.clone();
+        tokio::spawn(async move {
+            let mut generation = generation;
+            loop {
+                match follow_once(&store, &links, &follow_models, &mut generation).await {
+                    Ok(position) => {
+                        position_tx.send_if_modified(|p| {
+                            let changed = *p != position;
+                            *p = position;
+                            changed
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "read models not refreshed; retrying"),
+                }
+                // LIMITATION: besides notifications, the mirror looks again every second, which
+                // bounds how long a lost notification (a broken listening connection) delays
+                // reads.
+                tokio::select! {
+                    changed = wake.changed() => {
+                        if changed.is_err() {
+                            tokio::time::sleep(FALLBACK).await;
+                        }
+                    }
+                    _ = tokio::time::sleep(FALLBACK) => {}
+                    _ = position_tx.closed() => return,
                 }
             }
         });
@@ -127,4 +199,45 @@ async fn feed_once(
     }
     position.send_replace(guard.position());
     Ok(events.len())
+}
+
+fn read_model_error(e: ReadModelError) -> Error {
+    if e.is_unavailable() {
+        Error::Unavailable(e.to_string())
+    } else {
+        Error::Internal(e.to_string())
+    }
+}
+
+/// Brings the mirror to the stored checkpoint; returns the position it reached.
+async fn follow_once(
+    store: &ReadModelStore,
+    links: &Arc<dyn InvitationLinks>,
+    models: &RwLock<ReadModels>,
+    generation: &mut u64,
+) -> std::result::Result<u64, ReadModelError> {
+    let after = models.read().unwrap_or_else(|p| p.into_inner()).position();
+    let delta = store.delta(Some(*generation), after, true).await?;
+    let Some(checkpoint) = delta.checkpoint else {
+        return Ok(after);
+    };
+    if checkpoint.generation != *generation {
+        // A rebuild swapped generations: the new one is loaded whole, then replaces the old.
+        let (fresh, serving) = store.load(links.clone(), true).await?;
+        let position = fresh.position();
+        *models.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        tracing::info!(
+            generation = serving,
+            position,
+            "read models swapped to a rebuilt generation"
+        );
+        *generation = serving;
+        return Ok(position);
+    }
+    if checkpoint.position <= after {
+        return Ok(after);
+    }
+    let mut guard = models.write().unwrap_or_else(|p| p.into_inner());
+    delta.apply_to(&mut guard);
+    Ok(guard.position())
 }

@@ -52,6 +52,18 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// How often the verification keys are read again from their files.
     pub key_reload_interval: std::time::Duration,
+    /// Where reads are answered from.
+    pub read_models: ReadModelSource,
+}
+
+/// Where a server's reads are answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadModelSource {
+    /// Read models folded from the log in this process (the embedded mode's way).
+    #[default]
+    Log,
+    /// A mirror of the read models projection workers keep in PostgreSQL; needs a database URL.
+    Postgres,
 }
 
 /// Where the listener's certificate and key are, and whether clients must present one.
@@ -104,6 +116,7 @@ impl ServerConfig {
             clock: Arc::new(SystemClock),
             tls: None,
             key_reload_interval: std::time::Duration::from_secs(10),
+            read_models: ReadModelSource::Log,
         }
     }
 }
@@ -248,7 +261,22 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
 
     let (appended_tx, appended_rx) = watch::channel(0);
     let executor = Executor::new(store.clone(), config.clock.clone(), appended_tx);
-    let read = ReadSide::start(store, ReadModels::new(tokens.clone()), appended_rx).await?;
+    let read = match (config.read_models, &config.database_url) {
+        (ReadModelSource::Postgres, Some(url)) => {
+            let read_models = crate::readmodel_pg::ReadModelStore::connect(url)
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            ReadSide::follow_postgres(read_models, tokens.clone()).await?
+        }
+        (ReadModelSource::Postgres, None) => {
+            return Err(Error::FailedPrecondition(
+                "read models in PostgreSQL need a database URL".into(),
+            ))
+        }
+        (ReadModelSource::Log, _) => {
+            ReadSide::start(store, ReadModels::new(tokens.clone()), appended_rx).await?
+        }
+    };
     let app = App::new(executor, read, tokens, config.settings.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -18,6 +18,7 @@ use crate::store::EventStore;
 
 pub mod audit;
 pub mod history;
+pub mod projections;
 
 /// How a subcommand reaches a running server.
 #[derive(Debug, Clone, Args)]
