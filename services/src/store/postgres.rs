@@ -9,7 +9,12 @@
 //!
 //! Under the same lock the append reads the head event's stored hash and computes each new
 //! event's link of the hash chain from it.
+//!
+//! Appends that arrive while another holds the lock are committed together, as one group under
+//! one hold of it, each decided as if alone (see `group.rs` and
+//! `docs/decisions/0008-group-commit.md`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +29,8 @@ use super::{
     AppendBatch, Appended, EventAppender, EventReader, RequestLog, RequestOutcome,
     ReservationLookup, StoreError, StoreResult,
 };
+
+mod group;
 
 /// The key of the advisory lock that serialises migrations of one database across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x6f6e_6265_6861_6c66; // "onbehalf" in ASCII
@@ -73,9 +80,6 @@ CREATE TABLE requests (
 /// Server-side limit on how long a session may sit idle inside an open transaction.
 const IDLE_IN_TRANSACTION_TIMEOUT: &str = "-c idle_in_transaction_session_timeout=30000";
 
-/// The name PostgreSQL gives the `UNIQUE` constraint on `events.event_id` in the schema above.
-const EVENT_ID_CONSTRAINT: &str = "events_event_id_key";
-
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_type, version, occurred_at, \
      event_type, event_version, payload, metadata, key_id, hash";
 
@@ -110,6 +114,7 @@ impl Default for PostgresOptions {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    committer: Arc<group::Committer>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -186,7 +191,10 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
 
-        let store = PostgresStore { pool };
+        let store = PostgresStore {
+            pool,
+            committer: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -213,7 +221,11 @@ impl PostgresStore {
         batch: AppendBatch,
         gate: CommitGate,
     ) -> StoreResult<Appended> {
-        self.append_inner(batch, Some(gate)).await
+        super::check_batch(&batch)?;
+        let mut results = group::commit(&self.pool, vec![batch], Some(gate)).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Backend("the group answered nothing".into())))
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
@@ -259,185 +271,6 @@ impl PostgresStore {
             .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
-    }
-
-    async fn append_inner(
-        &self,
-        batch: AppendBatch,
-        gate: Option<CommitGate>,
-    ) -> StoreResult<Appended> {
-        super::check_batch(&batch)?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(map_err)?;
-
-        // LIMITATION: one append commits at a time, each in its own transaction; batching several
-        // commands under one lock is the recorded way to win throughput back.
-        // Every append queues here first. Everything below reads data committed by the previous
-        // holder, and the positions taken are released only by this transaction's end.
-        let head_stmt = tx
-            .prepare_cached("SELECT position FROM event_head WHERE singleton FOR UPDATE")
-            .await
-            .map_err(map_err)?;
-        let head: i64 = tx
-            .query_one(&head_stmt, &[])
-            .await
-            .map_err(map_err)?
-            .try_get(0)
-            .map_err(corrupt)?;
-        let head = to_u64(head, "head position")?;
-        let previous = super::head_link(head, head_hash(&tx, head).await?)?;
-
-        if let Some(request) = &batch.request {
-            if let Some(outcome) = find_request_in(&tx, &request.actor, &request.request_id).await?
-            {
-                return Err(StoreError::DuplicateRequest(outcome));
-            }
-        }
-
-        let version_stmt = tx
-            .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = $1")
-            .await
-            .map_err(map_err)?;
-        let actual: i64 = tx
-            .query_one(&version_stmt, &[&batch.stream_id])
-            .await
-            .map_err(map_err)?
-            .try_get(0)
-            .map_err(corrupt)?;
-        let actual = to_u64(actual, "version")?;
-        if actual != batch.expected_version {
-            return Err(StoreError::Conflict {
-                stream_id: batch.stream_id,
-                expected: batch.expected_version,
-                actual,
-            });
-        }
-
-        for release in &batch.releases {
-            tx.execute(
-                "DELETE FROM reservations WHERE scope = $1 AND key = $2 AND stream_id = $3",
-                &[&release.scope, &release.key, &batch.stream_id],
-            )
-            .await
-            .map_err(map_err)?;
-        }
-        let reserve_stmt = tx
-            .prepare_cached(
-                "INSERT INTO reservations (scope, key, stream_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT (scope, key) DO NOTHING",
-            )
-            .await
-            .map_err(map_err)?;
-        for reservation in &batch.reservations {
-            let inserted = tx
-                .execute(
-                    &reserve_stmt,
-                    &[&reservation.scope, &reservation.key, &batch.stream_id],
-                )
-                .await
-                .map_err(map_err)?;
-            if inserted == 0 {
-                return Err(StoreError::Reserved {
-                    scope: reservation.scope.clone(),
-                    key: reservation.key.clone(),
-                });
-            }
-        }
-
-        let insert_stmt = tx
-            .prepare_cached(
-                "INSERT INTO events (position, event_id, stream_id, stream_type, version, \
-                 occurred_at, event_type, event_version, payload, metadata, key_id, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .await
-            .map_err(map_err)?;
-        let stored_at = super::stored_time(batch.occurred_at)?;
-        let links = super::batch_hashes(&batch, stored_at, head, actual, previous)?;
-        let mut position = head;
-        let mut version = actual;
-        for (event, link) in batch.events.iter().zip(&links) {
-            position += 1;
-            version += 1;
-            let link = link.to_string();
-            let metadata = serde_json::to_value(&event.metadata)
-                .map_err(|e| StoreError::Backend(Box::new(e)))?;
-            tx.execute(
-                &insert_stmt,
-                &[
-                    &to_sql_int(position),
-                    &event.event_id,
-                    &batch.stream_id,
-                    &batch.stream_type,
-                    &to_sql_int(version),
-                    &stored_at,
-                    &event.event_type,
-                    &event.event_version,
-                    &event.payload,
-                    &metadata,
-                    &event.key_id,
-                    &link,
-                ],
-            )
-            .await
-            .map_err(|e| {
-                // Position and stream version were decided under the head lock, so the unique
-                // key an insert can still break is a reused event id; it is named for the caller.
-                let constraint = e.as_db_error().and_then(|db| db.constraint());
-                if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-                    && constraint == Some(EVENT_ID_CONSTRAINT)
-                {
-                    StoreError::Backend(
-                        format!("event id {} is already stored", event.event_id).into(),
-                    )
-                } else {
-                    map_err(e)
-                }
-            })?;
-        }
-
-        if let Some(request) = &batch.request {
-            let request_stmt = tx
-                .prepare_cached(
-                    "INSERT INTO requests (actor, request_id, request_hash, outcome, position) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .await
-                .map_err(map_err)?;
-            tx.execute(
-                &request_stmt,
-                &[
-                    &request.actor,
-                    &request.request_id,
-                    &request.request_hash,
-                    &request.outcome,
-                    &to_sql_int(position),
-                ],
-            )
-            .await
-            .map_err(map_err)?;
-        }
-
-        let advance_stmt = tx
-            .prepare_cached("UPDATE event_head SET position = $1 WHERE singleton")
-            .await
-            .map_err(map_err)?;
-        tx.execute(&advance_stmt, &[&to_sql_int(position)])
-            .await
-            .map_err(map_err)?;
-
-        let appended = Appended {
-            first_position: head + 1,
-            last_position: position,
-            stream_version: version,
-        };
-        if let Some(gate) = gate {
-            // The test side may have stopped listening; the append goes on regardless.
-            let _ = gate.taken.send(appended);
-            let _ = gate.release.await;
-        }
-        tx.commit().await.map_err(map_err)?;
-        Ok(appended)
     }
 }
 
@@ -513,22 +346,6 @@ fn to_sql_int(value: u64) -> i64 {
 
 fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what}: {value}")))
-}
-
-/// The stored hash of the event at `head`: `None` when there is no such row.
-async fn head_hash(
-    client: &impl deadpool_postgres::GenericClient,
-    head: u64,
-) -> StoreResult<Option<Option<String>>> {
-    let stmt = client
-        .prepare_cached("SELECT hash FROM events WHERE position = $1")
-        .await
-        .map_err(map_err)?;
-    let row = client
-        .query_opt(&stmt, &[&to_sql_int(head)])
-        .await
-        .map_err(map_err)?;
-    row.map(|row| row.try_get(0).map_err(corrupt)).transpose()
 }
 
 fn decode_event(row: &Row) -> StoreResult<StoredEvent> {
@@ -640,7 +457,8 @@ impl EventReader for PostgresStore {
 #[async_trait::async_trait]
 impl EventAppender for PostgresStore {
     async fn append(&self, batch: AppendBatch) -> StoreResult<Appended> {
-        self.append_inner(batch, None).await
+        super::check_batch(&batch)?;
+        self.committer.append(&self.pool, batch).await
     }
 }
 

@@ -1,0 +1,658 @@
+//! Group commit: the appends waiting for the head lock are written together, in one transaction
+//! under one hold of the lock, each decided as if it were alone.
+//!
+//! An append is queued and answered through a channel. Whenever appends are queued and no
+//! commit is under way, a committer task is spawned on the caller's runtime; it takes every
+//! append queued so far (up to [`MAX_GROUP_APPENDS`] appends or [`MAX_GROUP_EVENTS`] events),
+//! commits them as one group, answers each caller, and goes on while appends keep arriving. Under
+//! load a group collects the appends that queued while the previous one committed, so the cost of
+//! a transaction (the lock, the round trips, the WAL flush at commit) is shared by all of them;
+//! alone, an append is a group of one.
+//!
+//! Inside the group every append is checked in queue order against the log as the earlier
+//! appends of the group leave it: its request id, the stream version it expects, the unique keys
+//! it claims and releases, its event ids. One that fails a check is answered with that error and
+//! leaves nothing in the group; the others go on. The checks read everything they need in a few
+//! statements after taking the lock, decide in memory, and the accepted appends are written with
+//! one statement per table. Positions and the hash chain are assigned in queue order, so the
+//! group lands as if its appends had committed one after another, and readers see all of it at
+//! once, at commit. A failure of the transaction itself (the connection, the commit) fails every
+//! append of the group alike.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::{corrupt, map_err, map_pool_err, to_sql_int, to_u64, CommitGate};
+use crate::store::{AppendBatch, Appended, RequestOutcome, StoreError, StoreResult};
+
+/// The most appends one group takes.
+const MAX_GROUP_APPENDS: usize = 512;
+/// The most events one group takes (a larger single append is taken alone).
+const MAX_GROUP_EVENTS: usize = 8192;
+
+/// One queued append and where its answer goes.
+struct Pending {
+    batch: AppendBatch,
+    answer: oneshot::Sender<StoreResult<Appended>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    running: bool,
+}
+
+/// The appends waiting for the next group, shared by every clone of one store.
+#[derive(Default)]
+pub(super) struct Committer {
+    queue: Mutex<Queue>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer").finish_non_exhaustive()
+    }
+}
+
+impl Committer {
+    /// Queues `batch` for the next group and waits for its answer.
+    pub(super) async fn append(
+        self: &Arc<Self>,
+        pool: &Pool,
+        batch: AppendBatch,
+    ) -> StoreResult<Appended> {
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.pending.push(Pending { batch, answer });
+            !std::mem::replace(&mut queue.running, true)
+        };
+        if start {
+            // The committer runs detached from this caller, so that a caller giving up does not
+            // abandon the appends of others queued behind it.
+            tokio::spawn(run(self.clone(), pool.clone()));
+        }
+        answered.await.map_err(|_| {
+            StoreError::Unavailable("the append was dropped before it was answered".into())
+        })?
+    }
+
+    /// Takes the next group off the queue; `None` (and the committer stops) when it is empty.
+    fn next_group(&self) -> Option<Vec<Pending>> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.pending.is_empty() {
+            queue.running = false;
+            return None;
+        }
+        let mut events = 0;
+        let mut take = 0;
+        for pending in &queue.pending {
+            events += pending.batch.events.len();
+            if take > 0 && (take == MAX_GROUP_APPENDS || events > MAX_GROUP_EVENTS) {
+                break;
+            }
+            take += 1;
+        }
+        Some(queue.pending.drain(..take).collect())
+    }
+}
+
+/// Marks the committer stopped if its task ends without doing so itself (its runtime shut down
+/// while it waited), so that the next append starts a new one; the appends still queued are
+/// answered with an error by dropping them.
+struct StopGuard(Arc<Committer>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.running {
+            queue.running = false;
+            queue.pending.clear();
+        }
+    }
+}
+
+async fn run(committer: Arc<Committer>, pool: Pool) {
+    let _guard = StopGuard(committer.clone());
+    while let Some(group) = committer.next_group() {
+        let (batches, answers): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|p| (p.batch, p.answer)).unzip();
+        let results = match commit(&pool, batches, None).await {
+            Ok(results) => results,
+            Err(e) => answers.iter().map(|_| Err(same_error(&e))).collect(),
+        };
+        for (answer, result) in answers.into_iter().zip(results) {
+            // A caller that stopped waiting has no one to tell; its append stands.
+            let _ = answer.send(result);
+        }
+    }
+}
+
+/// A failure of the whole group, once for each of its appends.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(source) => StoreError::Unavailable(source.to_string().into()),
+        StoreError::Corrupt(message) => StoreError::Corrupt(message.clone()),
+        other => StoreError::Backend(other.to_string().into()),
+    }
+}
+
+/// The rows of the accepted appends, one vector per column.
+#[derive(Default)]
+struct Rows {
+    position: Vec<i64>,
+    event_id: Vec<Uuid>,
+    stream_id: Vec<String>,
+    stream_type: Vec<String>,
+    version: Vec<i64>,
+    occurred_at: Vec<DateTime<Utc>>,
+    event_type: Vec<String>,
+    event_version: Vec<String>,
+    payload: Vec<serde_json::Value>,
+    metadata: Vec<serde_json::Value>,
+    key_id: Vec<Option<String>>,
+    hash: Vec<String>,
+}
+
+/// Who holds a unique key: `None` once released.
+type Holders = HashMap<(String, String), Option<String>>;
+
+/// Commits `batches` as one group; the outer error fails all of them, the inner results are
+/// each append's own answer. With a `gate` (tests of the ordering guarantee) the group waits
+/// for it after writing and before committing.
+pub(super) async fn commit(
+    pool: &Pool,
+    batches: Vec<AppendBatch>,
+    gate: Option<CommitGate>,
+) -> StoreResult<Vec<StoreResult<Appended>>> {
+    let mut client = pool.get().await.map_err(map_pool_err)?;
+    let tx = client.transaction().await.map_err(map_err)?;
+
+    // Every append queues here first; everything below reads data committed by the previous
+    // holder of the lock, and the positions taken are released only by this transaction's end.
+    let head_stmt = tx
+        .prepare_cached("SELECT position FROM event_head WHERE singleton FOR UPDATE")
+        .await
+        .map_err(map_err)?;
+    let head: i64 = tx
+        .query_one(&head_stmt, &[])
+        .await
+        .map_err(map_err)?
+        .try_get(0)
+        .map_err(corrupt)?;
+    let head = to_u64(head, "head position")?;
+    // A statement of its own, so that it reads with a snapshot taken after the lock was granted:
+    // a join in the locking statement would see the head event as of before the wait.
+    let hash_stmt = tx
+        .prepare_cached("SELECT hash FROM events WHERE position = $1")
+        .await
+        .map_err(map_err)?;
+    let stored = tx
+        .query_opt(&hash_stmt, &[&to_sql_int(head)])
+        .await
+        .map_err(map_err)?
+        .map(|row| row.try_get::<_, Option<String>>(0).map_err(corrupt))
+        .transpose()?;
+    let mut link = crate::store::head_link(head, stored)?;
+
+    let (mut requests, mut versions, db_holders, stored_ids) = read_state(&tx, &batches).await?;
+
+    let mut holders: Holders = db_holders.clone();
+    let mut seen_ids: HashSet<Uuid> = HashSet::new();
+    let mut rows = Rows::default();
+    let mut request_rows: Vec<(String, String, String, serde_json::Value, i64)> = Vec::new();
+    let mut position = head;
+    let mut results = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let decided = decide(
+            &batch,
+            &requests,
+            &versions,
+            &holders,
+            &stored_ids,
+            &seen_ids,
+        )
+        .and_then(|(actual, staged)| {
+            let stored_at = crate::store::stored_time(batch.occurred_at)?;
+            Ok((actual, staged, stored_at))
+        });
+        let (actual, staged, stored_at) = match decided {
+            Ok(decided) => decided,
+            Err(StoreError::DuplicateRequest(_)) if batch.request.is_some() => {
+                results.push(Err(duplicate(&tx, &batch, &requests).await?));
+                continue;
+            }
+            Err(e) => {
+                results.push(Err(e));
+                continue;
+            }
+        };
+        // What a retry within this group is given back: the outcome as the caller wrote it.
+        let plain_outcome = batch.request.as_ref().map(|r| r.outcome.clone());
+        let links = match crate::store::batch_hashes(&batch, stored_at, position, actual, link) {
+            Ok(links) => links,
+            Err(e) => {
+                results.push(Err(e));
+                continue;
+            }
+        };
+        let mut metadata = Vec::with_capacity(batch.events.len());
+        for event in &batch.events {
+            match serde_json::to_value(&event.metadata) {
+                Ok(value) => metadata.push(value),
+                Err(e) => {
+                    results.push(Err(StoreError::Backend(Box::new(e))));
+                    break;
+                }
+            }
+        }
+        if metadata.len() != batch.events.len() {
+            continue;
+        }
+
+        let first = position + 1;
+        let mut version = actual;
+        for ((event, chained), metadata) in batch.events.iter().zip(&links).zip(metadata) {
+            position += 1;
+            version += 1;
+            rows.position.push(to_sql_int(position));
+            rows.event_id.push(event.event_id);
+            rows.stream_id.push(batch.stream_id.clone());
+            rows.stream_type.push(batch.stream_type.clone());
+            rows.version.push(to_sql_int(version));
+            rows.occurred_at.push(stored_at);
+            rows.event_type.push(event.event_type.clone());
+            rows.event_version.push(event.event_version.clone());
+            rows.payload.push(event.payload.clone());
+            rows.metadata.push(metadata);
+            rows.key_id.push(event.key_id.clone());
+            rows.hash.push(chained.to_string());
+            seen_ids.insert(event.event_id);
+        }
+        if let Some(last) = links.last() {
+            link = *last;
+        }
+        versions.insert(batch.stream_id.clone(), version);
+        holders.extend(staged);
+        if let Some(request) = &batch.request {
+            requests.insert(
+                (request.actor.clone(), request.request_id.clone()),
+                RequestOutcome {
+                    request_hash: request.request_hash.clone(),
+                    outcome: plain_outcome.unwrap_or_else(|| request.outcome.clone()),
+                    position,
+                },
+            );
+            request_rows.push((
+                request.actor.clone(),
+                request.request_id.clone(),
+                request.request_hash.clone(),
+                request.outcome.clone(),
+                to_sql_int(position),
+            ));
+        }
+        results.push(Ok(Appended {
+            first_position: first,
+            last_position: position,
+            stream_version: version,
+        }));
+    }
+
+    if position == head {
+        // Nothing accepted: the transaction ends without writing, releasing the lock.
+        return Ok(results);
+    }
+    write_reservations(&tx, &db_holders, &holders).await?;
+    write_events(&tx, &rows).await?;
+    write_requests(&tx, &request_rows).await?;
+    let advance = tx
+        .prepare_cached("UPDATE event_head SET position = $1 WHERE singleton")
+        .await
+        .map_err(map_err)?;
+    tx.execute(&advance, &[&to_sql_int(position)])
+        .await
+        .map_err(map_err)?;
+
+    if let Some(gate) = gate {
+        if let Some(Ok(appended)) = results.first() {
+            // The test side may have stopped listening; the append goes on regardless.
+            let _ = gate.taken.send(*appended);
+        }
+        let _ = gate.release.await;
+    }
+    tx.commit().await.map_err(map_err)?;
+    Ok(results)
+}
+
+/// The answer to an append whose request id is already used: the first outcome, as a lone
+/// append's lookup gives it for one stored earlier, as written for one earlier in this group.
+async fn duplicate(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &AppendBatch,
+    requests: &HashMap<(String, String), RequestOutcome>,
+) -> StoreResult<StoreError> {
+    let Some(request) = &batch.request else {
+        return Err(StoreError::Backend("a duplicate without a request".into()));
+    };
+    let key = (request.actor.clone(), request.request_id.clone());
+    let stored = super::find_request_in(tx, &request.actor, &request.request_id).await?;
+    let first = stored
+        .or_else(|| requests.get(&key).cloned())
+        .ok_or_else(|| StoreError::Backend("a duplicate request vanished".into()))?;
+    Ok(StoreError::DuplicateRequest(first))
+}
+
+type State = (
+    HashMap<(String, String), RequestOutcome>,
+    HashMap<String, u64>,
+    Holders,
+    HashSet<Uuid>,
+);
+
+/// Reads what the group's checks need, under the lock: the stored outcomes of its request ids,
+/// its streams' versions, the holders of the keys it claims or releases, and which of its event
+/// ids are already stored.
+async fn read_state(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batches: &[AppendBatch],
+) -> StoreResult<State> {
+    let (actors, request_ids): (Vec<&str>, Vec<&str>) = batches
+        .iter()
+        .filter_map(|b| b.request.as_ref())
+        .map(|r| (r.actor.as_str(), r.request_id.as_str()))
+        .unzip();
+    let mut streams: Vec<&str> = batches.iter().map(|b| b.stream_id.as_str()).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let (scopes, keys): (Vec<&str>, Vec<&str>) = batches
+        .iter()
+        .flat_map(|b| b.reservations.iter().chain(&b.releases))
+        .map(|r| (r.scope.as_str(), r.key.as_str()))
+        .unzip();
+    let event_ids: Vec<Uuid> = batches
+        .iter()
+        .flat_map(|b| b.events.iter().map(|e| e.event_id))
+        .collect();
+
+    let requests_stmt = tx
+        .prepare_cached(
+            "SELECT r.actor, r.request_id, r.request_hash, r.outcome, r.position FROM requests r \
+             JOIN unnest($1::text[], $2::text[]) AS k(actor, request_id) \
+             ON r.actor = k.actor AND r.request_id = k.request_id",
+        )
+        .await
+        .map_err(map_err)?;
+    let versions_stmt = tx
+        .prepare_cached(
+            "SELECT stream_id, MAX(version) FROM events WHERE stream_id = ANY($1) \
+             GROUP BY stream_id",
+        )
+        .await
+        .map_err(map_err)?;
+    let holders_stmt = tx
+        .prepare_cached(
+            "SELECT r.scope, r.key, r.stream_id FROM reservations r \
+             JOIN unnest($1::text[], $2::text[]) AS k(scope, key) \
+             ON r.scope = k.scope AND r.key = k.key",
+        )
+        .await
+        .map_err(map_err)?;
+    let ids_stmt = tx
+        .prepare_cached("SELECT event_id FROM events WHERE event_id = ANY($1)")
+        .await
+        .map_err(map_err)?;
+
+    // The four reads are independent: sent together, they cost one round trip.
+    let (request_rows, version_rows, holder_rows, id_rows) = futures_join(
+        async {
+            if actors.is_empty() {
+                Ok(Vec::new())
+            } else {
+                tx.query(&requests_stmt, &[&actors, &request_ids]).await
+            }
+        },
+        tx.query(&versions_stmt, &[&streams]),
+        async {
+            if scopes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                tx.query(&holders_stmt, &[&scopes, &keys]).await
+            }
+        },
+        tx.query(&ids_stmt, &[&event_ids]),
+    )
+    .await;
+
+    let mut requests = HashMap::new();
+    for row in request_rows.map_err(map_err)? {
+        let position: i64 = row.try_get(4).map_err(corrupt)?;
+        requests.insert(
+            (
+                row.try_get(0).map_err(corrupt)?,
+                row.try_get(1).map_err(corrupt)?,
+            ),
+            RequestOutcome {
+                request_hash: row.try_get(2).map_err(corrupt)?,
+                outcome: row.try_get(3).map_err(corrupt)?,
+                position: to_u64(position, "request position")?,
+            },
+        );
+    }
+    let mut versions = HashMap::new();
+    for row in version_rows.map_err(map_err)? {
+        let version: i64 = row.try_get(1).map_err(corrupt)?;
+        versions.insert(
+            row.try_get(0).map_err(corrupt)?,
+            to_u64(version, "version")?,
+        );
+    }
+    let mut holders = Holders::new();
+    for row in holder_rows.map_err(map_err)? {
+        holders.insert(
+            (
+                row.try_get(0).map_err(corrupt)?,
+                row.try_get(1).map_err(corrupt)?,
+            ),
+            Some(row.try_get(2).map_err(corrupt)?),
+        );
+    }
+    let mut ids = HashSet::new();
+    for row in id_rows.map_err(map_err)? {
+        ids.insert(row.try_get(0).map_err(corrupt)?);
+    }
+    Ok((requests, versions, holders, ids))
+}
+
+/// Polls four futures together on this task, so that their queries are pipelined on one
+/// connection.
+async fn futures_join<A, B, C, D>(
+    a: A,
+    b: B,
+    c: C,
+    d: D,
+) -> (A::Output, B::Output, C::Output, D::Output)
+where
+    A: std::future::Future,
+    B: std::future::Future,
+    C: std::future::Future,
+    D: std::future::Future,
+{
+    tokio::join!(a, b, c, d)
+}
+
+/// Checks one append against the log as the group's earlier appends leave it, in the order a
+/// lone append is checked: request id, stream version, releases and claims, event ids. Returns
+/// the stream's version and the key holders the append changes.
+fn decide(
+    batch: &AppendBatch,
+    requests: &HashMap<(String, String), RequestOutcome>,
+    versions: &HashMap<String, u64>,
+    holders: &Holders,
+    stored_ids: &HashSet<Uuid>,
+    seen_ids: &HashSet<Uuid>,
+) -> StoreResult<(u64, Holders)> {
+    if let Some(request) = &batch.request {
+        let key = (request.actor.clone(), request.request_id.clone());
+        if let Some(outcome) = requests.get(&key) {
+            return Err(StoreError::DuplicateRequest(outcome.clone()));
+        }
+    }
+
+    let actual = versions.get(&batch.stream_id).copied().unwrap_or(0);
+    if actual != batch.expected_version {
+        return Err(StoreError::Conflict {
+            stream_id: batch.stream_id.clone(),
+            expected: batch.expected_version,
+            actual,
+        });
+    }
+
+    let mut staged = Holders::new();
+    let holder = |staged: &Holders, key: &(String, String)| -> Option<String> {
+        staged
+            .get(key)
+            .or_else(|| holders.get(key))
+            .cloned()
+            .flatten()
+    };
+    for release in &batch.releases {
+        let key = (release.scope.clone(), release.key.clone());
+        // A key another stream holds is left alone.
+        if holder(&staged, &key).as_deref() == Some(batch.stream_id.as_str()) {
+            staged.insert(key, None);
+        }
+    }
+    for reservation in &batch.reservations {
+        let key = (reservation.scope.clone(), reservation.key.clone());
+        if holder(&staged, &key).is_some() {
+            return Err(StoreError::Reserved {
+                scope: reservation.scope.clone(),
+                key: reservation.key.clone(),
+            });
+        }
+        staged.insert(key, Some(batch.stream_id.clone()));
+    }
+
+    let mut own = HashSet::new();
+    for event in &batch.events {
+        if stored_ids.contains(&event.event_id)
+            || seen_ids.contains(&event.event_id)
+            || !own.insert(event.event_id)
+        {
+            return Err(StoreError::Backend(
+                format!("event id {} is already stored", event.event_id).into(),
+            ));
+        }
+    }
+    Ok((actual, staged))
+}
+
+/// Brings the reservations table from `before` (as read) to `after` (as the group leaves it).
+async fn write_reservations(
+    tx: &deadpool_postgres::Transaction<'_>,
+    before: &Holders,
+    after: &Holders,
+) -> StoreResult<()> {
+    let mut gone: (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+    let mut new: (Vec<&str>, Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new(), Vec::new());
+    for ((scope, key), holder) in after {
+        let was = before.get(&(scope.clone(), key.clone())).cloned().flatten();
+        if was == *holder {
+            continue;
+        }
+        if was.is_some() {
+            gone.0.push(scope);
+            gone.1.push(key);
+        }
+        if let Some(stream) = holder {
+            new.0.push(scope);
+            new.1.push(key);
+            new.2.push(stream);
+        }
+    }
+    if !gone.0.is_empty() {
+        tx.execute(
+            "DELETE FROM reservations r USING unnest($1::text[], $2::text[]) AS k(scope, key) \
+             WHERE r.scope = k.scope AND r.key = k.key",
+            &[&gone.0, &gone.1],
+        )
+        .await
+        .map_err(map_err)?;
+    }
+    if !new.0.is_empty() {
+        tx.execute(
+            "INSERT INTO reservations (scope, key, stream_id) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
+            &[&new.0, &new.1, &new.2],
+        )
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+async fn write_events(tx: &deadpool_postgres::Transaction<'_>, rows: &Rows) -> StoreResult<()> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO events (position, event_id, stream_id, stream_type, version, \
+             occurred_at, event_type, event_version, payload, metadata, key_id, hash) \
+             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], \
+             $5::bigint[], $6::timestamptz[], $7::text[], $8::text[], $9::json[], $10::json[], \
+             $11::text[], $12::text[])",
+        )
+        .await
+        .map_err(map_err)?;
+    tx.execute(
+        &stmt,
+        &[
+            &rows.position,
+            &rows.event_id,
+            &rows.stream_id,
+            &rows.stream_type,
+            &rows.version,
+            &rows.occurred_at,
+            &rows.event_type,
+            &rows.event_version,
+            &rows.payload,
+            &rows.metadata,
+            &rows.key_id,
+            &rows.hash,
+        ],
+    )
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+async fn write_requests(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[(String, String, String, serde_json::Value, i64)],
+) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let actors: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let request_ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let hashes: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    let outcomes: Vec<&serde_json::Value> = rows.iter().map(|r| &r.3).collect();
+    let positions: Vec<i64> = rows.iter().map(|r| r.4).collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO requests (actor, request_id, request_hash, outcome, position) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::json[], $5::bigint[])",
+        )
+        .await
+        .map_err(map_err)?;
+    tx.execute(
+        &stmt,
+        &[&actors, &request_ids, &hashes, &outcomes, &positions],
+    )
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}

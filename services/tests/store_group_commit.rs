@@ -1,0 +1,242 @@
+//! Group commit on PostgreSQL: appends that queue behind the head lock are committed together,
+//! and each is still decided as if it were alone. An append that loses its optimistic race,
+//! reuses a request id or claims a taken key fails by itself; the rest of its group lands, at
+//! gap-free positions in queue order, with the hash chain intact.
+//!
+//! Each test holds the head lock with a gated append, queues appends behind it so that they form
+//! one group, then releases it.
+//!
+//! They need PostgreSQL and skip without it, unless `ONBEHALF_REQUIRE_SERVICES=1`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use onbehalf::store::postgres::{CommitGate, PostgresStore};
+use onbehalf::store::{
+    verify_chain, AppendBatch, Appended, ChainReport, EventAppender, EventReader, NewEvent,
+    RequestRecord, Reservation, StoreError, StoreResult,
+};
+use onbehalf::testing::postgres_test_database;
+use onbehalf_events::{Actor, Metadata};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+fn batch(stream_id: &str, expected_version: u64) -> AppendBatch {
+    AppendBatch {
+        stream_id: stream_id.to_owned(),
+        stream_type: "client_account".to_owned(),
+        expected_version,
+        occurred_at: DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap(),
+        events: vec![NewEvent::new(
+            "Counted",
+            "1",
+            json!({ "stream": stream_id }),
+            Metadata::new(Actor::System),
+        )],
+        reservations: Vec::new(),
+        releases: Vec::new(),
+        request: None,
+    }
+}
+
+fn with_request(mut batch: AppendBatch, request_id: &str) -> AppendBatch {
+    batch.request = Some(RequestRecord {
+        actor: "user:1".into(),
+        request_id: request_id.into(),
+        request_hash: format!("hash-of-{}", batch.stream_id),
+        outcome: json!({ "stream": batch.stream_id }),
+    });
+    batch
+}
+
+fn claiming(mut batch: AppendBatch, key: &str) -> AppendBatch {
+    batch.reservations.push(Reservation {
+        scope: "domain".into(),
+        key: key.into(),
+    });
+    batch
+}
+
+/// Holds the head lock with a gated append to `account-gate`, queues `batches` one after the
+/// other behind it, releases the lock, and returns each queued append's answer in order.
+async fn queued_behind_the_lock(
+    store: &PostgresStore,
+    batches: Vec<AppendBatch>,
+) -> Vec<StoreResult<Appended>> {
+    let (taken_tx, taken_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel();
+    let gated = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append_with_commit_gate(
+                    batch("account-gate", 0),
+                    CommitGate {
+                        taken: taken_tx,
+                        release: release_rx,
+                    },
+                )
+                .await
+        })
+    };
+    taken_rx.await.unwrap();
+
+    let mut queued: Vec<JoinHandle<StoreResult<Appended>>> = Vec::new();
+    for b in batches {
+        let store = store.clone();
+        queued.push(tokio::spawn(async move { store.append(b).await }));
+        // Queue order is arrival order: let each append reach the queue before the next.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    release_tx.send(()).unwrap();
+    assert_eq!(gated.await.unwrap().unwrap().last_position, 1);
+    let mut answers = Vec::new();
+    for q in queued {
+        answers.push(q.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_race_in_a_group_fails_only_that_append() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+
+    let answers = queued_behind_the_lock(
+        &store,
+        vec![
+            batch("account-a", 0),
+            batch("account-b", 0),
+            batch("account-a", 0),
+            batch("account-c", 0),
+            batch("account-a", 1),
+        ],
+    )
+    .await;
+
+    let landed: Vec<Option<(u64, u64)>> = answers
+        .iter()
+        .map(|a| a.as_ref().ok().map(|a| (a.last_position, a.stream_version)))
+        .collect();
+    assert_eq!(
+        landed,
+        vec![Some((2, 1)), Some((3, 1)), None, Some((4, 1)), Some((5, 2))]
+    );
+    assert!(matches!(
+        &answers[2],
+        Err(StoreError::Conflict { stream_id, expected: 0, actual: 1 }) if stream_id == "account-a"
+    ));
+    let log = store.read_all(0, 100).await.unwrap();
+    let order: Vec<(u64, &str, u64)> = log
+        .iter()
+        .map(|e| (e.position, e.stream_id.as_str(), e.version))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (1, "account-gate", 1),
+            (2, "account-a", 1),
+            (3, "account-b", 1),
+            (4, "account-c", 1),
+            (5, "account-a", 2),
+        ]
+    );
+    assert!(matches!(
+        verify_chain(&store, 100).await.unwrap(),
+        ChainReport::Intact { head: 5, .. }
+    ));
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_id_used_twice_in_a_group_lands_once_and_the_retry_gets_its_outcome() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+
+    let answers = queued_behind_the_lock(
+        &store,
+        vec![
+            with_request(batch("account-a", 0), "req-1"),
+            with_request(batch("account-b", 0), "req-1"),
+            with_request(batch("account-c", 0), "req-2"),
+        ],
+    )
+    .await;
+
+    assert_eq!(answers[0].as_ref().unwrap().last_position, 2);
+    match &answers[1] {
+        Err(StoreError::DuplicateRequest(first)) => {
+            assert_eq!(first.position, 2);
+            assert_eq!(first.request_hash, "hash-of-account-a");
+            assert_eq!(first.outcome, json!({ "stream": "account-a" }));
+        }
+        other => panic!("expected the first outcome, got {other:?}"),
+    }
+    assert_eq!(answers[2].as_ref().unwrap().last_position, 3);
+    assert_eq!(store.head_position().await.unwrap(), 3);
+    let stored = onbehalf::store::RequestLog::find_request(&store, "user:1", "req-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.position, 2);
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_claimed_twice_in_a_group_goes_to_the_first_and_a_release_frees_it_in_order() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+
+    let mut release = batch("account-a", 1);
+    release.releases.push(Reservation {
+        scope: "domain".into(),
+        key: "client1.co.tz".into(),
+    });
+    let answers = queued_behind_the_lock(
+        &store,
+        vec![
+            claiming(batch("account-a", 0), "client1.co.tz"),
+            claiming(batch("account-b", 0), "client1.co.tz"),
+            release,
+            claiming(batch("account-c", 0), "client1.co.tz"),
+        ],
+    )
+    .await;
+
+    let positions: Vec<Option<u64>> = answers
+        .iter()
+        .map(|a| a.as_ref().ok().map(|a| a.last_position))
+        .collect();
+    assert_eq!(positions, vec![Some(2), None, Some(3), Some(4)]);
+    assert!(matches!(
+        &answers[1],
+        Err(StoreError::Reserved { scope, key }) if scope == "domain" && key == "client1.co.tz"
+    ));
+    let holder =
+        onbehalf::store::ReservationLookup::find_reservation(&store, "domain", "client1.co.tz")
+            .await
+            .unwrap();
+    assert_eq!(holder.as_deref(), Some("account-c"));
+    let streams: Vec<String> = store
+        .read_all(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stream_id)
+        .collect();
+    assert_eq!(
+        streams,
+        vec!["account-gate", "account-a", "account-a", "account-c"]
+    );
+    drop(store);
+    db.drop_database().await.unwrap();
+}
