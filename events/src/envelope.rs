@@ -34,6 +34,11 @@ pub struct Metadata {
     /// The end user's browser or tool, when the calling front end supplies it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// Why a provider staff member acted, as the staff member stated it; present exactly when
+    /// the actor is staff. Declared last, and absent when unset, so that envelopes written
+    /// before it existed keep their bytes and their hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Metadata {
@@ -48,6 +53,7 @@ impl Metadata {
             causation_id: None,
             client_address: None,
             user_agent: None,
+            reason: None,
         }
     }
 }

@@ -47,6 +47,9 @@ pub struct AuditEntry {
     pub client_address: Option<String>,
     /// The end user's browser or tool, when the front end supplied it.
     pub user_agent: Option<String>,
+    /// Why a provider staff member acted, as it stated; `None` for every other actor.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Which entries a query of the trail selects; `None` fields select everything.
@@ -247,6 +250,7 @@ impl AuditTrail {
             causation_id: metadata.causation_id,
             client_address: metadata.client_address.clone(),
             user_agent: metadata.user_agent.clone(),
+            reason: metadata.reason.clone(),
         };
 
         let concerned: Vec<Uuid> = metadata

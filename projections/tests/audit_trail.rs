@@ -79,6 +79,7 @@ fn an_entry_shows_who_acted_on_whose_behalf_with_the_actors_email_as_it_was() {
             causation_id: None,
             client_address: Some("196.41.38.7".into()),
             user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".into()),
+            reason: None,
         }
     );
 }

@@ -70,6 +70,50 @@ pub struct Claims {
     pub scope: Option<String>,
 }
 
+/// The role a `staff:<name>` subject must carry in its `roles` claim.
+pub const STAFF_ROLE: &str = "staff";
+
+/// Claims with the `roles` claim besides the registered ones: what staff tokens carry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClaimsWithRoles {
+    /// The registered claims and scopes.
+    #[serde(flatten)]
+    pub claims: Claims,
+    /// The roles; a staff subject must hold [`STAFF_ROLE`].
+    #[serde(default, skip_serializing_if = "Roles::is_empty")]
+    pub roles: Roles,
+}
+
+/// The `roles` claim: one role or an array of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Roles {
+    /// One role.
+    One(String),
+    /// Several roles.
+    Many(Vec<String>),
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles::Many(Vec::new())
+    }
+}
+
+impl Roles {
+    /// Whether `role` is among them.
+    pub fn contains(&self, role: &str) -> bool {
+        match self {
+            Roles::One(one) => one == role,
+            Roles::Many(many) => many.iter().any(|r| r == role),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Roles::Many(many) if many.is_empty())
+    }
+}
+
 /// The `aud` claim, which RFC 7519 allows as one string or an array of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -174,25 +218,29 @@ impl Verifier {
             .keys
             .get(&kid)
             .ok_or_else(|| unauthenticated("unknown `kid`"))?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::ExpiredSignature => unauthenticated("expired"),
-                ErrorKind::ImmatureSignature => unauthenticated("not valid yet"),
-                ErrorKind::InvalidIssuer => unauthenticated("wrong issuer"),
-                ErrorKind::InvalidAudience => unauthenticated("wrong audience"),
-                ErrorKind::InvalidSignature => unauthenticated("bad signature"),
-                ErrorKind::MissingRequiredClaim(_) => {
-                    unauthenticated("a required claim is missing")
+        let data =
+            jsonwebtoken::decode::<ClaimsWithRoles>(token, key, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => unauthenticated("expired"),
+                    ErrorKind::ImmatureSignature => unauthenticated("not valid yet"),
+                    ErrorKind::InvalidIssuer => unauthenticated("wrong issuer"),
+                    ErrorKind::InvalidAudience => unauthenticated("wrong audience"),
+                    ErrorKind::InvalidSignature => unauthenticated("bad signature"),
+                    ErrorKind::MissingRequiredClaim(_) => {
+                        unauthenticated("a required claim is missing")
+                    }
+                    _ => unauthenticated("invalid"),
                 }
-                _ => unauthenticated("invalid"),
-            }
-        })?;
-        let claims = data.claims;
+            })?;
+        let ClaimsWithRoles { claims, roles } = data.claims;
         if claims.iat > chrono::Utc::now().timestamp() + LEEWAY_SECONDS as i64 {
             return Err(unauthenticated("issued in the future"));
         }
         let actor = parse_subject(&claims.sub).ok_or_else(|| unauthenticated("malformed `sub`"))?;
+        if matches!(actor, Actor::Staff(_)) && !roles.contains(STAFF_ROLE) {
+            return Err(unauthenticated("a staff subject needs the `staff` role"));
+        }
         let scopes = match &actor {
             Actor::Service(_) | Actor::Staff(_) => claims
                 .scope
@@ -294,8 +342,32 @@ impl Signer {
         self.sign_claims(&claims)
     }
 
+    /// A token for the staff member `staff:<name>`, with the `staff` role, valid from `now` for
+    /// `ttl`.
+    pub fn sign_staff(&self, name: &str, now: DateTime<Utc>, ttl: Duration) -> Result<String> {
+        if !valid_name(name) {
+            return Err(Error::invalid(
+                "staff",
+                "a staff name is 1 to 64 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        let claims = ClaimsWithRoles {
+            claims: Claims {
+                iss: self.issuer.clone(),
+                aud: Audience::One(self.audience.clone()),
+                sub: format!("staff:{name}"),
+                exp: (now + ttl).timestamp(),
+                iat: now.timestamp(),
+                nbf: None,
+                scope: None,
+            },
+            roles: Roles::Many(vec![STAFF_ROLE.to_owned()]),
+        };
+        self.sign_claims(&claims)
+    }
+
     /// Signs arbitrary claims (tests use this to build refused tokens).
-    pub fn sign_claims(&self, claims: &Claims) -> Result<String> {
+    pub fn sign_claims<C: Serialize>(&self, claims: &C) -> Result<String> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.key)
@@ -468,6 +540,44 @@ mod tests {
         assert_eq!(
             verifier.verify(&token).unwrap().actor,
             Actor::Service("billing".into())
+        );
+    }
+
+    #[test]
+    fn a_staff_subject_is_accepted_only_with_the_staff_role() {
+        let (_dir, signer, verifier) = dev_key();
+        let token = signer
+            .sign_staff("amina", Utc::now(), Duration::hours(1))
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&token).unwrap().actor,
+            Actor::Staff("amina".into())
+        );
+
+        let mut without_role = claims("onbehalf".into(), 0);
+        without_role.sub = "staff:amina".into();
+        let token = signer.sign_claims(&without_role).unwrap();
+        assert_eq!(
+            verifier.verify(&token).unwrap_err(),
+            Error::Unauthenticated(
+                "bearer token refused: a staff subject needs the `staff` role".into()
+            )
+        );
+
+        let other_role = ClaimsWithRoles {
+            claims: without_role,
+            roles: Roles::One("support".into()),
+        };
+        let token = signer.sign_claims(&other_role).unwrap();
+        assert!(verifier.verify(&token).is_err());
+        let one_role = ClaimsWithRoles {
+            roles: Roles::One("staff".into()),
+            ..other_role
+        };
+        let token = signer.sign_claims(&one_role).unwrap();
+        assert_eq!(
+            verifier.verify(&token).unwrap().actor,
+            Actor::Staff("amina".into())
         );
     }
 

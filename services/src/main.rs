@@ -108,8 +108,15 @@ enum ReadModelsFrom {
 #[derive(Debug, Args)]
 struct TokenArgs {
     /// Mint a token for this user id.
-    #[arg(long, conflicts_with = "service", required_unless_present = "service")]
+    #[arg(
+        long,
+        conflicts_with_all = ["service", "staff"],
+        required_unless_present_any = ["service", "staff"]
+    )]
     user: Option<uuid::Uuid>,
+    /// Mint a token for the provider staff member `staff:<name>`, with the `staff` role.
+    #[arg(long, conflicts_with = "service")]
+    staff: Option<String>,
     /// Mint a token for the service `service:<name>`.
     #[arg(long)]
     service: Option<String>,
@@ -227,6 +234,15 @@ fn token(args: TokenArgs) -> Result<(), String> {
             })?,
     };
     let signer = Signer::load(&path, &args.issuer, &args.audience).map_err(|e| e.to_string())?;
+    if let Some(staff) = &args.staff {
+        let token = signer
+            .sign_staff(staff, SystemClock.now(), args.ttl)
+            .map_err(|_| {
+                format!("`{staff}` is not a staff name: 1 to 64 letters, digits, `-`, `_` or `.`")
+            })?;
+        println!("{token}");
+        return Ok(());
+    }
     let (sub, scope) = match (args.user, args.service) {
         (Some(user), _) => (user.to_string(), None),
         (None, Some(service)) => {
@@ -242,7 +258,7 @@ fn token(args: TokenArgs) -> Result<(), String> {
             }
             (format!("service:{service}"), args.scope)
         }
-        (None, None) => return Err("give --user or --service".into()),
+        (None, None) => return Err("give --user, --service or --staff".into()),
     };
     let token = signer
         .sign(

@@ -498,6 +498,7 @@ async fn every_envelope_field_round_trips_exactly<S: EventStore>(store: &S) {
         causation_id: Some(Uuid::new_v4()),
         client_address: Some("203.0.113.7".to_owned()),
         user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".to_owned()),
+        reason: None,
     };
     let payload = json!({
         "invoice": { "number": "INV-2024-0001", "lines": [{ "amount_cents": 1299, "qty": 2 }] },

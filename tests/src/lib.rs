@@ -254,12 +254,26 @@ impl TestServer {
     /// Clients that send this exact `authorization` header.
     pub fn with_authorization(&self, value: &str) -> Clients {
         let value = value.parse().expect("an ASCII header value");
-        Clients::new(&self.channel, Bearer(Some(value)))
+        Clients::new(&self.channel, Bearer(Some(value), None))
+    }
+
+    /// Clients acting as the provider staff member `staff:<name>` (a token with the `staff`
+    /// role), stating `reason` in `x-onbehalf-reason` on every call when one is given.
+    pub fn staff(&self, name: &str, reason: Option<&str>) -> Clients {
+        let token = self
+            .signer
+            .sign_staff(name, Utc::now(), chrono::Duration::hours(1))
+            .expect("the token is signed");
+        let authorization = format!("Bearer {token}")
+            .parse()
+            .expect("an ASCII header value");
+        let reason = reason.map(|r| r.parse().expect("an ASCII reason"));
+        Clients::new(&self.channel, Bearer(Some(authorization), reason))
     }
 
     /// Clients that send no `authorization` header at all.
     pub fn anonymous(&self) -> Clients {
-        Clients::new(&self.channel, Bearer(None))
+        Clients::new(&self.channel, Bearer(None, None))
     }
 
     /// The position of the last event durably in the log (0 for an empty log), read from the
@@ -452,11 +466,12 @@ pub struct Catalogue {
     pub position: u64,
 }
 
-/// Sets the `authorization` header of every request; `None` sends none.
+/// Sets the `authorization` header of every request, and the staff reason
+/// (`x-onbehalf-reason`) when given; `None` sends none.
 ///
 /// `Debug` never prints the token.
 #[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(Option<MetadataValue<Ascii>>, Option<MetadataValue<Ascii>>);
 
 impl fmt::Debug for Bearer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -474,6 +489,11 @@ impl tonic::service::Interceptor for Bearer {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        if let Some(reason) = &self.1 {
+            request
+                .metadata_mut()
+                .insert(onbehalf::grpc::REASON_HEADER, reason.clone());
         }
         Ok(request)
     }

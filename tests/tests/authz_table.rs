@@ -182,7 +182,7 @@ fn clients(server: &TestServer, cast: &Cast, rule: &Rule, role: Role) -> Clients
             Some(scope) => service(ALL_SCOPES.iter().copied().filter(|s| *s != scope).collect()),
             None => service(Vec::new()),
         },
-        Role::Staff => server.with_token(&server.token("staff:support-desk", None)),
+        Role::Staff => server.staff("support-desk", Some("authorisation table probe")),
     }
 }
 

@@ -353,6 +353,9 @@ impl ClientAccount {
                 "caller lacks the {permission} permission"
             ))),
             Actor::Service(_) | Actor::System if services_allowed => Ok(()),
+            // Provider staff act on any account; the API refuses them without a stated reason,
+            // which the envelope records.
+            Actor::Staff(_) => Ok(()),
             _ => Err(DomainError::denied(
                 "caller is not the owner or a member of this account",
             )),

@@ -48,6 +48,8 @@ pub struct Settings {
     pub token_failures_allowed: usize,
     /// The window over which failed invitation tokens are counted.
     pub token_failure_window: Duration,
+    /// The control-panel servers hosting services may be placed on, by name.
+    pub panel_servers: crate::panel::PanelServers,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             max_wait: Duration::from_secs(5),
             token_failures_allowed: 10,
             token_failure_window: Duration::from_secs(15 * 60),
+            panel_servers: crate::panel::PanelServers::default(),
         }
     }
 }
@@ -200,6 +203,9 @@ impl App {
             })
             .transpose()?;
         metadata.user_agent = header("x-end-user-agent");
+        if matches!(caller.actor, onbehalf_events::Actor::Staff(_)) {
+            metadata.reason = Some(staff_reason(request.metadata())?);
+        }
         // tonic cancels the call when the caller's own deadline passes, so the wait ends a
         // little earlier, leaving time to answer DEADLINE_EXCEEDED before that.
         let wait = grpc_timeout(request.metadata()).map_or(self.0.settings.max_wait, |t| {
@@ -384,6 +390,35 @@ pub(crate) fn idempotency<M: prost::Message>(
         request_id,
         request_hash,
     }))
+}
+
+/// The metadata key in which provider staff state why they act.
+pub const REASON_HEADER: &str = "x-onbehalf-reason";
+
+/// The longest stated reason, in characters.
+const MAX_REASON_CHARS: usize = 256;
+
+/// The reason a staff caller states for its call: required, printable ASCII (gRPC metadata),
+/// 1 to 256 characters once trimmed.
+// LIMITATION: the reason is free text kept in the envelope as stated, so it is not sealed like personal fields; staff must not write personal data into it.
+fn staff_reason(metadata: &tonic::metadata::MetadataMap) -> Result<String> {
+    let refuse = |why: &str| Error::invalid(REASON_HEADER, why.to_owned());
+    let raw = metadata
+        .get(REASON_HEADER)
+        .ok_or_else(|| refuse("provider staff must state a reason for acting on an account"))?;
+    let text = raw
+        .to_str()
+        .map_err(|_| refuse("must be printable ASCII"))?
+        .trim();
+    if text.is_empty() {
+        return Err(refuse(
+            "provider staff must state a reason for acting on an account",
+        ));
+    }
+    if text.chars().count() > MAX_REASON_CHARS || text.chars().any(|c| c.is_ascii_control()) {
+        return Err(refuse("must be at most 256 printable characters"));
+    }
+    Ok(text.to_owned())
 }
 
 /// The caller's deadline from the `grpc-timeout` header, if it sent one.
