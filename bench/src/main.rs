@@ -23,6 +23,8 @@ use tokio_postgres::NoTls;
 mod audit_export;
 mod replay;
 mod seed;
+mod served;
+mod throughput;
 
 /// The PostgreSQL server the bench creates its database on unless told otherwise: the local
 /// test server.
@@ -58,6 +60,9 @@ enum Command {
     Replay(ReplayArgs),
     /// Seed a log, start the server on it, and time `onbehalf audit export` and verification.
     AuditExport(audit_export::AuditExportArgs),
+    /// Command throughput of one mix on onbehalf, on cqrs-es with postgres-es, and on plain
+    /// PostgreSQL inserts.
+    Throughput(throughput::ThroughputArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,6 +112,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Replay(args) => runtime.block_on(replay_bench(args)),
         Command::AuditExport(args) => runtime.block_on(audit_export::run(args)),
+        Command::Throughput(args) => runtime.block_on(throughput_bench(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -114,6 +120,54 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+async fn throughput_bench(args: throughput::ThroughputArgs) -> Result<(), BenchError> {
+    println!("# onbehalf-bench throughput");
+    println!();
+    println!("machine: {}", machine());
+    println!("load average at start: {}", load_average());
+    let rows = throughput::run(&args).await?;
+    println!();
+    print_throughput(&rows);
+    println!("load average at end: {}", load_average());
+    Ok(())
+}
+
+fn print_throughput(rows: &[throughput::Row]) {
+    let find = |prefix: &str, n: usize| {
+        rows.iter()
+            .find(|r| r.system.starts_with(prefix) && r.clients == n)
+            .map(|r| r.figures)
+    };
+    println!("| system | N | commands/s | events/s | p50 ms | p99 ms | ÷ peer (commands/s) | ÷ single-insert floor (events/s) | measured |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let f = r.figures;
+        let ratio = |other: Option<throughput::MixFigures>, events: bool| {
+            other.map_or("".to_owned(), |o| {
+                let (a, b) = if events {
+                    (f.events_per_s, o.events_per_s)
+                } else {
+                    (f.commands_per_s, o.commands_per_s)
+                };
+                format!("{:.2}", a / b.max(f64::MIN_POSITIVE))
+            })
+        };
+        let onbehalf = r.system.starts_with("onbehalf");
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} |",
+            r.system,
+            r.clients,
+            if r.system.starts_with("floor") { "".to_owned() } else { thousands(f.commands_per_s) },
+            thousands(f.events_per_s),
+            f.p50_us / 1000.0,
+            f.p99_us / 1000.0,
+            if onbehalf { ratio(find("peer", r.clients), false) } else { String::new() },
+            if onbehalf { ratio(find("floor: single", r.clients), true) } else { String::new() },
+            thousands(f.commands as f64),
+        );
     }
 }
 
@@ -297,6 +351,7 @@ async fn measure_backend(
 }
 
 /// A data directory under the system's temporary directory, removed on drop.
+#[derive(Debug)]
 struct TempDir(PathBuf);
 
 impl TempDir {
@@ -316,6 +371,7 @@ impl Drop for TempDir {
 }
 
 /// A database `onbehalf_bench_<random>` the bench created and must drop.
+#[derive(Debug)]
 struct BenchDatabase {
     url: String,
     name: String,

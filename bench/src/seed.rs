@@ -582,3 +582,88 @@ fn pay(
     );
     push(AccountEvent::InvoicePaid { invoice_id }, actor, permission);
 }
+
+/// Who the command mix of `throughput` works with: client accounts created by their owners, the
+/// agency users that get invited, and the catalogue's hosting product.
+#[derive(Debug, Clone, Copy)]
+pub struct MixSetup {
+    /// Client accounts, `mix_account_id(0..accounts)`.
+    pub accounts: usize,
+    /// Agency users, `designer_id(0..designers)`, registered with `designer_email`.
+    pub designers: usize,
+}
+
+/// The id of the mix's client account `a` (the same scheme the peer uses).
+pub(crate) fn mix_account_id(a: usize) -> Uuid {
+    account_id(a as u64)
+}
+
+/// The owner of the mix's client account `a`.
+pub(crate) fn mix_owner_id(a: usize) -> Uuid {
+    owner_id(a as u64)
+}
+
+/// The email the agency user `d` registered with.
+pub(crate) fn mix_designer_email(d: usize) -> String {
+    designer_email(d as u64)
+}
+
+/// The catalogue's monthly hosting product, and its price.
+pub(crate) const MIX_PRODUCT: Uuid = HOSTING_PRODUCT;
+/// The price of one month of [`MIX_PRODUCT`] in minor units.
+pub(crate) const MIX_PRICE_MINOR: i64 = HOSTING_MONTHLY_MINOR;
+
+/// Writes what the mix starts from into an empty store: the catalogue, the agency users, and
+/// each client account's owner registration and creation, one append per stream, from
+/// `parallel` writers at once.
+pub async fn seed_mix(
+    store: std::sync::Arc<dyn EventStore>,
+    setup: MixSetup,
+    parallel: usize,
+) -> Result<(), BenchError> {
+    let at = Utc::now();
+    append(&*store, catalog_batch()?, at).await?;
+    for d in 0..setup.designers {
+        let batch = user_batch(designer_id(d as u64), &mix_designer_email(d), "Web Designer")?;
+        append(&*store, batch, at).await?;
+    }
+    let parallel = parallel.max(1);
+    let mut writers = Vec::new();
+    for w in 0..parallel {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for a in (w..setup.accounts).step_by(parallel) {
+                let k = a as u64;
+                let owner = owner_id(k);
+                append(
+                    &*store,
+                    user_batch(owner, &format!("owner@client{k}.co.tz"), "Owner")?,
+                    at,
+                )
+                .await?;
+                let created = AccountEvent::AccountCreated {
+                    account_id: account_id(k),
+                    name: parse("name", Name::parse(&format!("Client {k} Ltd")))?,
+                    email: parse("email", Email::parse(&format!("billing@client{k}.co.tz")))?,
+                    owner_user_id: owner,
+                };
+                let mut metadata = Metadata::new(Actor::User(owner));
+                metadata.on_behalf_of = Some(account_id(k));
+                let batch = Batch {
+                    stream_id: account_stream(account_id(k)),
+                    stream_type: stream_type::CLIENT_ACCOUNT,
+                    events: vec![event(&created, metadata, false)?],
+                    reservations: Vec::new(),
+                };
+                append(&*store, batch, at).await?;
+            }
+            Ok::<_, BenchError>(())
+        }));
+    }
+    for writer in writers {
+        writer
+            .await
+            .map_err(|e| BenchError::Setup(format!("seeding task failed: {e}")))??;
+    }
+    Ok(())
+}
