@@ -298,6 +298,17 @@ impl EventSchema for AccountEvent {
             _ => &[],
         }
     }
+
+    fn personal_subject(&self) -> crate::personal::DataSubject {
+        match self {
+            // The invitee may not be a user yet: its email is sealed under the key of the
+            // email itself, which erasing the user later registered with it deletes.
+            AccountEvent::UserInvited { email, .. } => {
+                crate::personal::DataSubject::Email(email.clone())
+            }
+            _ => crate::personal::DataSubject::OwnStream,
+        }
+    }
 }
 
 impl cqrs_es::DomainEvent for AccountEvent {

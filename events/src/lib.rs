@@ -20,6 +20,7 @@ pub mod catalog;
 pub use catalog::{Price, Product};
 pub mod envelope;
 pub mod permission;
+pub mod personal;
 pub mod subjects;
 pub mod upcast;
 pub mod user;
@@ -49,6 +50,11 @@ pub trait EventSchema {
     /// These are the fields that per-user encryption and erasure operate on.
     fn personal_fields(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// Whose data key seals the personal fields: the event's own stream unless the data
+    /// belongs to someone else (an invitee's email).
+    fn personal_subject(&self) -> personal::DataSubject {
+        personal::DataSubject::OwnStream
     }
 }
 

@@ -18,18 +18,27 @@ pub enum UserEvent {
         /// Personal: the display name.
         display_name: Name,
     },
+    /// The user was erased (the right to be forgotten): the data keys that sealed its personal
+    /// fields were deleted with this event, so every earlier event of it reads as erased.
+    /// It carries no personal data itself.
+    UserErased {
+        /// The erased user.
+        user_id: Uuid,
+    },
 }
 
 impl EventSchema for UserEvent {
     fn event_type(&self) -> &'static str {
         match self {
             UserEvent::UserRegistered { .. } => "UserRegistered",
+            UserEvent::UserErased { .. } => "UserErased",
         }
     }
 
     fn personal_fields(&self) -> &'static [&'static str] {
         match self {
             UserEvent::UserRegistered { .. } => &["email", "display_name"],
+            UserEvent::UserErased { .. } => &[],
         }
     }
 }

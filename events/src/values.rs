@@ -111,7 +111,15 @@ impl Email {
                 "must have a domain such as `example.com` after `@`",
             ));
         }
+        if email_key(s) == crate::personal::ERASED_EMAIL {
+            return Err(invalid("is reserved for erased personal data"));
+        }
         Ok(Self(s.to_owned()))
+    }
+
+    /// The placeholder an erased email reads as ([`crate::personal::ERASED_EMAIL`]).
+    pub fn erased() -> Self {
+        Self(crate::personal::ERASED_EMAIL.to_owned())
     }
 
     /// The address as given (trimmed).
@@ -151,6 +159,11 @@ fn is_domain_like(domain: &str) -> bool {
 pub struct Name(String);
 
 impl Name {
+    /// The placeholder an erased name reads as ([`crate::personal::ERASED_NAME`]).
+    pub fn erased() -> Self {
+        Self(crate::personal::ERASED_NAME.to_owned())
+    }
+
     /// Parses a name as given by a caller.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let s = raw.trim();

@@ -21,6 +21,13 @@ pub struct UserView {
     pub display_name: Name,
 }
 
+impl UserView {
+    /// Whether the user was erased: its email and name read as the erased placeholders.
+    pub fn is_erased(&self) -> bool {
+        self.email.is_erased()
+    }
+}
+
 /// A client account: its profile, owner and members.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountView {
@@ -318,7 +325,10 @@ impl AccountTree {
                 if let Some(previous) = self.users.get(user_id) {
                     self.users_by_email.remove(&previous.email.key());
                 }
-                self.users_by_email.insert(email.key(), *user_id);
+                // An erased email names nobody: every erased user reads the same placeholder.
+                if !email.is_erased() {
+                    self.users_by_email.insert(email.key(), *user_id);
+                }
                 self.users.insert(
                     *user_id,
                     UserView {
@@ -327,6 +337,27 @@ impl AccountTree {
                         display_name: display_name.clone(),
                     },
                 );
+            }
+            UserEvent::UserErased { user_id } => self.erase_user(*user_id),
+        }
+    }
+
+    /// Forgets an erased user's email and name, and the email of every invitation sent to it,
+    /// exactly as a fold of the log after the erasure reads them (the erased placeholders).
+    fn erase_user(&mut self, user_id: Uuid) {
+        let Some(user) = self.users.get_mut(&user_id) else {
+            return;
+        };
+        let key = user.email.key();
+        user.email = Email::erased();
+        user.display_name = Name::erased();
+        if self.users_by_email.get(&key) == Some(&user_id) {
+            self.users_by_email.remove(&key);
+        }
+        for (account_id, invitation_id) in self.invitations_by_email.remove(&key).unwrap_or_default()
+        {
+            if let Some(invitation) = self.invitation_mut(account_id, invitation_id) {
+                invitation.email = Email::erased();
             }
         }
     }
@@ -388,10 +419,12 @@ impl AccountTree {
                     generation: 0,
                     state: InvitationState::Pending,
                 });
-                self.invitations_by_email
-                    .entry(email.key())
-                    .or_default()
-                    .push((account_id, *invitation_id));
+                if !email.is_erased() {
+                    self.invitations_by_email
+                        .entry(email.key())
+                        .or_default()
+                        .push((account_id, *invitation_id));
+                }
             }
             AccountEvent::InvitationResent {
                 invitation_id,

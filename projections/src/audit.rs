@@ -214,6 +214,18 @@ impl AuditTrail {
         }
     }
 
+    /// Shows an erased user as erased in every entry it acted in: the entries stay, their actor
+    /// email becomes the erased placeholder, as a fold of the log after the erasure records it.
+    pub(crate) fn erase_actor(&mut self, user_id: Uuid) {
+        for &index in self.by_actor.get(&user_id).into_iter().flatten() {
+            if let Some(entry) = self.entries.get_mut(index) {
+                if entry.actor_email.is_some() {
+                    entry.actor_email = Some(Email::erased());
+                }
+            }
+        }
+    }
+
     fn pick(&self, indexes: Option<&Vec<usize>>) -> Vec<&AuditEntry> {
         indexes
             .into_iter()

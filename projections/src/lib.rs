@@ -198,6 +198,13 @@ impl ReadModels {
         // who just registered).
         let stream_account = match &decoded {
             Decoded::User(e) => {
+                if let UserEvent::UserErased { user_id } = e {
+                    // Before the tree forgets the user's email: routing finds it by that email.
+                    if let Some(user) = self.accounts.user(*user_id).cloned() {
+                        self.notifications.erase_user(&user);
+                    }
+                    self.audit.erase_actor(*user_id);
+                }
                 self.accounts.apply_user(e);
                 None
             }

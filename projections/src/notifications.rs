@@ -182,7 +182,46 @@ impl NotificationRouting {
         }
     }
 
+    /// Forgets an erased user's notifications and its name and email in everyone else's, as a
+    /// fold of the log after the erasure routes them: nothing goes to an erased address, and the
+    /// user reads as `[erased] <erased@erased.invalid>`.
+    pub(crate) fn erase_user(&mut self, user: &UserView) {
+        let key = user.email.key();
+        let label = user_label_of(user);
+        let erased_label = format!(
+            "{} <{}>",
+            onbehalf_events::personal::ERASED_NAME,
+            onbehalf_events::personal::ERASED_EMAIL
+        );
+        let kept: Vec<Notification> = std::mem::take(&mut self.notifications)
+            .into_iter()
+            .filter(|n| n.recipient_email.key() != key)
+            .map(|mut n| {
+                n.subject = n.subject.replace(&label, &erased_label);
+                n.body = n.body.replace(&label, &erased_label);
+                n
+            })
+            .collect();
+        self.by_recipient.clear();
+        self.by_account.clear();
+        for (index, notification) in kept.iter().enumerate() {
+            self.by_recipient
+                .entry(notification.recipient_email.key())
+                .or_default()
+                .push(index);
+            self.by_account
+                .entry(notification.account_id)
+                .or_default()
+                .push(index);
+        }
+        self.notifications = kept;
+    }
+
     fn push(&mut self, event: &StoredEvent, account_id: Uuid, draft: Draft) {
+        // An erased address receives nothing; erasing drops what was routed to it before.
+        if draft.recipient.is_erased() {
+            return;
+        }
         let key = draft.recipient.key();
         let name = format!("{key}/{}", draft.category.as_str());
         let notification = Notification {
@@ -507,4 +546,9 @@ fn service_label(service: &ServiceView) -> String {
         Some(domain) => format!("{} ({domain})", service.product_name),
         None => service.product_name.to_string(),
     }
+}
+
+/// `Display Name <email>`, the label notifications give a registered user.
+fn user_label_of(user: &UserView) -> String {
+    format!("{} <{}>", user.display_name, user.email)
 }

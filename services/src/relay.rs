@@ -1451,6 +1451,7 @@ impl Relay {
                 }
                 return Ok(Exit::Stopped);
             }
+            // LIMITATION: events are published with their personal fields opened, because projection workers fold them without the store's data keys; the broker's copies keep an erased user's data until they leave the stream's retention.
             let events = match self
                 .store
                 .read_all(acknowledged, self.config.batch_size)

@@ -199,6 +199,36 @@ impl TestServer {
         self.database.as_ref()
     }
 
+    /// The server's data directory: its SQLite log (`events.db`), keys and secrets.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
+    /// Starts a second server on this server's log, data directory and clock, as a restart
+    /// does: it rebuilds every read model from the log. Returns it with clients acting there as
+    /// a service that holds every scope.
+    pub async fn restarted(&self) -> (RunningServer, Clients) {
+        let mut config = ServerConfig::new(self.data_dir.path());
+        config.listen = "127.0.0.1:0".parse().expect("a socket address");
+        config.database_url = self.database.as_ref().map(|db| db.url.clone());
+        config.clock = Arc::new(self.clock.clone());
+        config.settings.max_wait = MAX_WAIT;
+        config.max_message_bytes = MAX_MESSAGE_BYTES;
+        let running = server::spawn(config)
+            .await
+            .expect("the server starts again");
+        let channel = Channel::from_shared(format!("http://{}", running.addr))
+            .expect("a valid URI")
+            .connect()
+            .await
+            .expect("the restarted server accepts connections");
+        let token = self.token("service:test-admin", Some(&ALL_SCOPES.join(" ")));
+        let value = format!("Bearer {token}")
+            .parse()
+            .expect("an ASCII header value");
+        (running, Clients::new(&channel, Bearer(Some(value), None)))
+    }
+
     /// The server's private signing key file (`<kid>.key.pem`).
     pub fn signing_key(&self) -> &std::path::Path {
         &self.signing_key

@@ -385,6 +385,7 @@ fn summary(e: &pb::EventEnvelope, names: &Names) -> String {
                 display_name,
                 ..
             }) => format!("{email} ({display_name})"),
+            Ok(UserEvent::UserErased { user_id }) => format!("user {} erased", short(user_id)),
             Err(_) => String::new(),
         },
         stream_type::CATALOG => match serde_json::from_str(&e.payload_json) {

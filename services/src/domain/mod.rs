@@ -97,6 +97,9 @@ pub struct KeyChanges {
     pub claimed: Vec<UniqueKey>,
     /// Keys this stream gives up.
     pub released: Vec<UniqueKey>,
+    /// Data subjects whose keys are deleted with the events (an erasure): every personal field
+    /// they sealed reads as erased from then on.
+    pub erased: Vec<String>,
 }
 
 /// Aggregates whose events claim keys unique across streams; the executor writes the claims in
@@ -107,8 +110,6 @@ pub trait UniqueKeys: cqrs_es::Aggregate {
         KeyChanges::default()
     }
 }
-
-impl UniqueKeys for User {}
 
 impl UniqueKeys for Catalog {}
 

@@ -100,10 +100,10 @@ pub async fn verify_chain(reader: &dyn EventReader, batch_size: usize) -> StoreR
     let mut verified = 0u64;
 
     loop {
-        let batch = match reader.read_all(verified, batch_size).await {
+        let batch = match reader.read_all_sealed(verified, batch_size).await {
             Ok(batch) => batch,
             // Some row of the batch does not decode: go on one row at a time to find it.
-            Err(StoreError::Corrupt(_)) => match reader.read_all(verified, 1).await {
+            Err(StoreError::Corrupt(_)) => match reader.read_all_sealed(verified, 1).await {
                 Ok(batch) => batch,
                 Err(StoreError::Corrupt(_)) => return Ok(broken(verified + 1, BreakKind::Altered)),
                 Err(other) => return Err(other),
@@ -174,7 +174,7 @@ async fn classify(
     let own = stored(event);
     // Rows that cannot be decoded end the look-around; the break is then reported as altered.
     let next = reader
-        .read_all(position, 1)
+        .read_all_sealed(position, 1)
         .await
         .ok()
         .and_then(|rows| rows.into_iter().next())
@@ -219,7 +219,7 @@ async fn moved_later(
     const SCAN_BATCH: usize = 1000;
     let mut after = position;
     loop {
-        let rows = match reader.read_all(after, SCAN_BATCH).await {
+        let rows = match reader.read_all_sealed(after, SCAN_BATCH).await {
             Ok(rows) => rows,
             Err(StoreError::Corrupt(_)) => return Ok(false),
             Err(other) => return Err(other),

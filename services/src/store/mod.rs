@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub mod chain;
+pub mod keys;
 pub mod postgres;
 pub mod sqlite;
 
@@ -37,8 +38,14 @@ pub struct NewEvent {
     /// Who and for whom.
     pub metadata: Metadata,
     /// Id of the key that encrypts the payload's personal fields; `None` while they are plain.
-    /// Stored and read back unchanged.
+    /// Stored and read back unchanged, unless `seal` replaces it with the id of the key that
+    /// sealed the event.
     pub key_id: Option<String>,
+    /// Personal fields the store seals under their subject's data key before writing and
+    /// hashing the event ([`keys`]); `None` stores the payload as given.
+    pub seal: Option<keys::Seal>,
+    /// Data subjects whose keys the store deletes in the same transaction (an erasure).
+    pub erase: Vec<String>,
 }
 
 impl NewEvent {
@@ -59,6 +66,8 @@ impl NewEvent {
             payload,
             metadata,
             key_id: None,
+            seal: None,
+            erase: Vec::new(),
         }
     }
 }
@@ -209,7 +218,19 @@ pub trait EventReader: Send + Sync {
     ) -> StoreResult<Vec<StoredEvent>>;
 
     /// Up to `limit` events with a position greater than `after_position`, in position order.
+    ///
+    /// This and [`read_stream`](Self::read_stream) return events opened: each sealed personal
+    /// field holds its plain value while its data key exists and the erased placeholder once
+    /// the key was deleted ([`keys`]).
     async fn read_all(&self, after_position: u64, limit: usize) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Like [`read_all`](Self::read_all), but every event exactly as stored, sealed fields
+    /// included: what the hash chain covers and what leaves the store for a broker.
+    async fn read_all_sealed(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>>;
 
     /// The position of the last committed event (0 for an empty log).
     async fn head_position(&self) -> StoreResult<u64>;

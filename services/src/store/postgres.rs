@@ -75,7 +75,9 @@ CREATE TABLE requests (
     position     bigint NOT NULL,
     PRIMARY KEY (actor, request_id)
 );
-"#];
+"#,
+    super::keys::postgres::MIGRATION,
+];
 
 /// Server-side limit on how long a session may sit idle inside an open transaction.
 const IDLE_IN_TRANSACTION_TIMEOUT: &str = "-c idle_in_transaction_session_timeout=30000";
@@ -389,15 +391,17 @@ async fn find_request_in(
         .query_opt(&stmt, &[&actor, &request_id])
         .await
         .map_err(map_err)?;
-    row.map(|row| {
-        let position: i64 = row.try_get(2).map_err(corrupt)?;
-        Ok(RequestOutcome {
-            request_hash: row.try_get(0).map_err(corrupt)?,
-            outcome: row.try_get(1).map_err(corrupt)?,
-            position: to_u64(position, "request position")?,
-        })
-    })
-    .transpose()
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let position: i64 = row.try_get(2).map_err(corrupt)?;
+    let mut outcome: serde_json::Value = row.try_get(1).map_err(corrupt)?;
+    super::keys::postgres::open_request(client, actor, request_id, &mut outcome).await?;
+    Ok(Some(RequestOutcome {
+        request_hash: row.try_get(0).map_err(corrupt)?,
+        outcome,
+        position: to_u64(position, "request position")?,
+    }))
 }
 
 #[async_trait::async_trait]
@@ -419,10 +423,26 @@ impl EventReader for PostgresStore {
             .query(&stmt, &[&stream_id, &to_sql_int(after_version)])
             .await
             .map_err(map_err)?;
-        rows.iter().map(decode_event).collect()
+        let mut events = rows
+            .iter()
+            .map(decode_event)
+            .collect::<StoreResult<Vec<_>>>()?;
+        super::keys::postgres::open(&client, &mut events).await?;
+        Ok(events)
     }
 
     async fn read_all(&self, after_position: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        let mut events = self.read_all_sealed(after_position, limit).await?;
+        let client = self.client().await?;
+        super::keys::postgres::open(&client, &mut events).await?;
+        Ok(events)
+    }
+
+    async fn read_all_sealed(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let client = self.client().await?;
         let stmt = client

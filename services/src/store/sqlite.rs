@@ -70,6 +70,7 @@ CREATE TABLE event_head (
 );
 INSERT INTO event_head (singleton, position) SELECT 1, COALESCE(MAX(position), 0) FROM events;
 "#,
+    super::keys::sqlite::MIGRATION,
 ];
 
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_type, version, occurred_at, \
@@ -192,6 +193,9 @@ fn connect(path: &Path) -> StoreResult<Connection> {
         ));
     }
     conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(map_err)?;
+    // A deleted data key or released email is overwritten in the file, not left in a free page.
+    conn.pragma_update(None, "secure_delete", "ON")
         .map_err(map_err)?;
     Ok(conn)
 }
@@ -371,11 +375,13 @@ fn find_request_in(
         .optional()
         .map_err(map_err)?;
     row.map(|(request_hash, outcome, position)| {
+        let mut outcome = serde_json::from_str(&outcome).map_err(|e| {
+            StoreError::Corrupt(format!("outcome of request {actor}/{request_id}: {e}"))
+        })?;
+        super::keys::sqlite::open_request(conn, actor, request_id, &mut outcome)?;
         Ok(RequestOutcome {
             request_hash,
-            outcome: serde_json::from_str(&outcome).map_err(|e| {
-                StoreError::Corrupt(format!("outcome of request {actor}/{request_id}: {e}"))
-            })?,
+            outcome,
             position: to_u64(position, "request position")?,
         })
     })
@@ -405,7 +411,7 @@ fn head_hash(conn: &Connection, head: u64) -> StoreResult<Option<Option<String>>
         .map_err(map_err)
 }
 
-fn append_blocking(conn: &mut Connection, batch: AppendBatch) -> StoreResult<Appended> {
+fn append_blocking(conn: &mut Connection, mut batch: AppendBatch) -> StoreResult<Appended> {
     super::check_batch(&batch)?;
 
     // IMMEDIATE takes the write lock before the first read, so the head and the stream version
@@ -458,6 +464,9 @@ fn append_blocking(conn: &mut Connection, batch: AppendBatch) -> StoreResult<App
             Err(e) => return Err(map_err(e)),
         }
     }
+
+    // Sealing comes before hashing: the chain covers the event as stored.
+    super::keys::sqlite::prepare(&tx, &mut batch)?;
 
     let head = read_head(&tx)?;
     let previous = super::head_link(head, head_hash(&tx, head)?)?;
@@ -535,6 +544,14 @@ fn append_blocking(conn: &mut Connection, batch: AppendBatch) -> StoreResult<App
     })
 }
 
+fn read_all_in(conn: &Connection, after_position: u64, limit: i64) -> StoreResult<Vec<StoredEvent>> {
+    query_events(
+        conn,
+        &format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"),
+        params![to_sql_int(after_position), limit],
+    )
+}
+
 #[async_trait::async_trait]
 impl EventReader for SqliteStore {
     async fn read_stream(
@@ -544,14 +561,16 @@ impl EventReader for SqliteStore {
     ) -> StoreResult<Vec<StoredEvent>> {
         let stream_id = stream_id.to_owned();
         self.with_reader(move |conn| {
-            query_events(
+            let mut events = query_events(
                 conn,
                 &format!(
                     "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND version > ?2 \
                      ORDER BY version"
                 ),
                 params![stream_id, to_sql_int(after_version)],
-            )
+            )?;
+            super::keys::sqlite::open(conn, &mut events)?;
+            Ok(events)
         })
         .await
     }
@@ -559,16 +578,21 @@ impl EventReader for SqliteStore {
     async fn read_all(&self, after_position: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_reader(move |conn| {
-            query_events(
-                conn,
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 \
-                     ORDER BY position LIMIT ?2"
-                ),
-                params![to_sql_int(after_position), limit],
-            )
+            let mut events = read_all_in(conn, after_position, limit)?;
+            super::keys::sqlite::open(conn, &mut events)?;
+            Ok(events)
         })
         .await
+    }
+
+    async fn read_all_sealed(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_reader(move |conn| read_all_in(conn, after_position, limit))
+            .await
     }
 
     async fn head_position(&self) -> StoreResult<u64> {

@@ -208,7 +208,7 @@ pub(super) async fn commit(
     let mut request_rows: Vec<(String, String, String, serde_json::Value, i64)> = Vec::new();
     let mut position = head;
     let mut results = Vec::with_capacity(batches.len());
-    for batch in batches {
+    for mut batch in batches {
         let decided = decide(
             &batch,
             &requests,
@@ -234,6 +234,8 @@ pub(super) async fn commit(
         };
         // What a retry within this group is given back: the outcome as the caller wrote it.
         let plain_outcome = batch.request.as_ref().map(|r| r.outcome.clone());
+        // Sealing comes before hashing: the chain covers the event as stored.
+        crate::store::keys::postgres::prepare(&tx, &mut batch).await?;
         let links = match crate::store::batch_hashes(&batch, stored_at, position, actual, link) {
             Ok(links) => links,
             Err(e) => {
