@@ -36,6 +36,9 @@ pub struct AccountDocument {
 
 /// The keys whose documents changed, and the notifications and audit entries appended, since
 /// changes were last taken.
+// LIMITATION: an erasure rewrites past notifications and audit entries and other accounts'
+// invitations in memory; changes name only the erased user's own document, so a persisted copy
+// misses the rest until it is rebuilt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Client accounts whose [`AccountDocument`] changed.

@@ -79,6 +79,8 @@ impl ReadSide {
     /// generation, then brought forward whenever a worker's commit notifies
     /// [`crate::readmodel_pg::NOTIFY_CHANNEL`], so a read's `min_position` waits for the
     /// worker across processes. A rebuild's swap is seen as a new generation and loaded whole.
+    // LIMITATION: the mirror holds the whole read models in memory, as the embedded read side
+    // does; the audit trail and notifications would need SQL queries once they outgrow it.
     pub async fn follow_postgres(
         store: ReadModelStore,
         links: Arc<dyn InvitationLinks>,

@@ -42,6 +42,8 @@ const SCHEMA_LOCK_KEY: i64 = 0x6f62_7270_726f_6a31; // "obrprj1"
 /// The read models' tables, created at start if missing.
 ///
 /// JSON is stored as `json`, not `jsonb`, so every string serde_json can write is kept as is.
+// LIMITATION: notification rows keep the invitation tokens their bodies link to, as the in-memory
+// read models do, so these tables are as sensitive as the invitation secret.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS projection (
     name       text        PRIMARY KEY,

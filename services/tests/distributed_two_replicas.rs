@@ -266,7 +266,7 @@ async fn the_walkthrough_across_two_replicas_reads_every_write_it_made() {
     // The designer registers; registering answers from the read models, so this alone crosses
     // the relay, the worker and the replica's mirror.
     let (on, other) = flip();
-    let designer_id = service.on[on]
+    let registered = service.on[on]
         .users
         .clone()
         .register_user(pb::RegisterUserRequest {
@@ -276,11 +276,21 @@ async fn the_walkthrough_across_two_replicas_reads_every_write_it_made() {
         })
         .await
         .unwrap()
-        .into_inner()
-        .user
-        .unwrap()
-        .user_id;
+        .into_inner();
+    let designer_id = registered.user.unwrap().user_id;
     let designer = replicas.actor(&designer_id, None);
+    let switcher = designer.on[other]
+        .accounts
+        .clone()
+        .list_accessible_accounts(pb::ListAccessibleAccountsRequest {
+            min_position: registered.position,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accounts;
+    assert!(switcher.is_empty(), "a new user has no account yet");
 
     let mut abc = None;
     let mut expected_switcher = Vec::new();
