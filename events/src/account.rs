@@ -4,6 +4,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::contact::ContactCategories;
 use crate::values::{BillingCycle, Currency, DomainName, Email, Name, ProductKind};
 use crate::{EventSchema, PermissionSet};
 
@@ -254,6 +255,50 @@ pub enum AccountEvent {
         /// The nameservers, in order.
         nameservers: Vec<DomainName>,
     },
+    /// A contact was added to the account: someone who receives the account's mail of the
+    /// given categories without being a user.
+    ContactAdded {
+        /// The contact.
+        contact_id: Uuid,
+        /// Personal: the contact's name.
+        name: Name,
+        /// Personal: the contact's email.
+        email: Email,
+        /// What the contact receives.
+        categories: ContactCategories,
+    },
+    /// A contact was removed; it receives nothing more.
+    ContactRemoved {
+        /// The contact.
+        contact_id: Uuid,
+    },
+    /// A member (or the owner) chose which of the account's mail it receives, replacing its
+    /// earlier choice; security notices do not depend on it.
+    NotificationOptInsSet {
+        /// The member.
+        user_id: Uuid,
+        /// The categories it receives from now on (empty: none).
+        categories: ContactCategories,
+    },
+    /// A reminder of an unpaid invoice was sent, some days before or after its due date.
+    PaymentReminderSent {
+        /// The invoice.
+        invoice_id: Uuid,
+        /// Days from the due date the reminder is for: negative before it, positive after.
+        days_from_due: i32,
+    },
+    /// A service was suspended because an invoice of it stayed unpaid past its due date.
+    ServiceSuspended {
+        /// The service.
+        service_id: Uuid,
+        /// The unpaid invoice.
+        invoice_id: Uuid,
+    },
+    /// A suspended service runs again: the invoice that suspended it was paid.
+    ServiceUnsuspended {
+        /// The service.
+        service_id: Uuid,
+    },
 }
 
 impl EventSchema for AccountEvent {
@@ -278,6 +323,12 @@ impl EventSchema for AccountEvent {
             AccountEvent::ServiceRenewed { .. } => "ServiceRenewed",
             AccountEvent::ServiceCancelled { .. } => "ServiceCancelled",
             AccountEvent::NameserversUpdated { .. } => "NameserversUpdated",
+            AccountEvent::ContactAdded { .. } => "ContactAdded",
+            AccountEvent::ContactRemoved { .. } => "ContactRemoved",
+            AccountEvent::NotificationOptInsSet { .. } => "NotificationOptInsSet",
+            AccountEvent::PaymentReminderSent { .. } => "PaymentReminderSent",
+            AccountEvent::ServiceSuspended { .. } => "ServiceSuspended",
+            AccountEvent::ServiceUnsuspended { .. } => "ServiceUnsuspended",
         }
     }
 
@@ -295,6 +346,7 @@ impl EventSchema for AccountEvent {
                 &["name", "email"]
             }
             AccountEvent::UserInvited { .. } => &["email"],
+            AccountEvent::ContactAdded { .. } => &["name", "email"],
             _ => &[],
         }
     }

@@ -506,7 +506,13 @@ impl AccountTree {
             | AccountEvent::InvoiceCancelled { .. }
             | AccountEvent::ServiceRenewed { .. }
             | AccountEvent::ServiceCancelled { .. }
-            | AccountEvent::NameserversUpdated { .. } => {}
+            | AccountEvent::NameserversUpdated { .. }
+            | AccountEvent::ContactAdded { .. }
+            | AccountEvent::ContactRemoved { .. }
+            | AccountEvent::NotificationOptInsSet { .. }
+            | AccountEvent::PaymentReminderSent { .. }
+            | AccountEvent::ServiceSuspended { .. }
+            | AccountEvent::ServiceUnsuspended { .. } => {}
         }
     }
 

@@ -150,6 +150,11 @@ pub struct BillingLedger {
 }
 
 impl BillingLedger {
+    /// Every client account with at least one service or invoice, by id.
+    pub fn billed_accounts(&self) -> Vec<Uuid> {
+        self.accounts.keys().copied().collect()
+    }
+
     /// The services of a client account in the order they were ordered.
     pub fn services(&self, account_id: Uuid) -> Vec<ServiceView> {
         self.accounts
@@ -328,7 +333,13 @@ impl BillingLedger {
             | AccountEvent::PermissionsGranted { .. }
             | AccountEvent::PermissionsRevoked { .. }
             | AccountEvent::MemberRemoved { .. }
-            | AccountEvent::OwnershipTransferred { .. } => {}
+            | AccountEvent::OwnershipTransferred { .. }
+            | AccountEvent::ContactAdded { .. }
+            | AccountEvent::ContactRemoved { .. }
+            | AccountEvent::NotificationOptInsSet { .. }
+            | AccountEvent::PaymentReminderSent { .. }
+            | AccountEvent::ServiceSuspended { .. }
+            | AccountEvent::ServiceUnsuspended { .. } => {}
         }
     }
 

@@ -51,7 +51,7 @@ pub use billing::{
 pub use catalog::CatalogView;
 pub use documents::{AccountDocument, Changes};
 pub use format::format_money;
-pub use notifications::{Notification, NotificationCategory, NotificationRouting};
+pub use notifications::{ContactView, Notification, NotificationCategory, NotificationRouting};
 
 /// Recomputes invitation tokens and links, so that no token ever has to be stored in the log.
 ///

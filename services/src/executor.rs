@@ -220,6 +220,12 @@ impl Executor {
         &self.clock
     }
 
+    /// Tells this executor's readers that the log has reached `position`, for appends made by
+    /// other processes that polling would otherwise find later.
+    pub fn announce(&self, position: u64) {
+        self.appended.send_replace(position);
+    }
+
     /// A receiver that sees the position of every append this executor makes from now on, for
     /// readers of the log that want to be woken rather than poll.
     pub fn appended(&self) -> watch::Receiver<u64> {

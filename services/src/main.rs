@@ -39,6 +39,10 @@ enum Command {
     Aggregate(onbehalf::cli::history::AggregateArgs),
     /// Carry committed events from the PostgreSQL log to NATS JetStream.
     Relay(onbehalf::relay::RelayArgs),
+    /// Issue renewal invoices, payment reminders and suspensions as their dates come.
+    Scheduler(onbehalf::scheduler::SchedulerArgs),
+    /// Deliver routed notifications over SMTP, each once.
+    Mailer(onbehalf::mailer::cli::MailerArgs),
     /// Fold the events stream from NATS JetStream into the read models in PostgreSQL.
     Project(onbehalf::project::ProjectArgs),
     /// Status and rebuild of the read models persisted in PostgreSQL.
@@ -89,6 +93,16 @@ struct ServeArgs {
     /// A CA (PEM) whose certificates clients must present: mutual TLS.
     #[arg(long, env = "ONBEHALF_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// A file holding the current time as an RFC 3339 instant, read on every use (for tests
+    /// that move time); without it, the system clock.
+    #[arg(long, env = "ONBEHALF_CLOCK_FILE")]
+    clock_file: Option<PathBuf>,
+    /// Also run the renewal and reminder scheduler in this process (safe on every replica).
+    #[arg(long, env = "ONBEHALF_SCHEDULER")]
+    scheduler: bool,
+    /// What the scheduler does, with `--scheduler`.
+    #[command(flatten)]
+    schedule: onbehalf::scheduler::ScheduleArgs,
     /// Where reads are answered from: `log` folds the log in this process; `postgres` mirrors
     /// the read models that `onbehalf project` workers keep in PostgreSQL (needs
     /// `--database-url`), for any number of replicas.
@@ -198,6 +212,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.invitation_secret_file = args.invitation_secret_file;
     config.accept_url_base = args.accept_url_base;
     config.max_message_bytes = args.max_message_bytes;
+    config.clock = onbehalf::clock::from_file(args.clock_file.as_deref())?;
+    config.scheduler = args.scheduler.then(|| args.schedule.config());
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(server::TlsConfig {
             cert,
@@ -309,6 +325,14 @@ async fn main() -> ExitCode {
             onbehalf::cli::history::aggregate(&args, &mut std::io::stdout())
                 .await
                 .map_err(|e| e.to_string())
+        }
+        Command::Scheduler(args) => {
+            init_tracing();
+            onbehalf::scheduler::run_cli(args).await
+        }
+        Command::Mailer(args) => {
+            init_tracing();
+            onbehalf::mailer::cli::run_cli(args).await
         }
         Command::Relay(args) => {
             init_tracing();

@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// How often the verification keys are read again from their files.
     pub key_reload_interval: std::time::Duration,
+    /// When set, this process also runs the renewal and reminder scheduler.
+    pub scheduler: Option<crate::scheduler::SchedulerConfig>,
     /// Where reads are answered from.
     pub read_models: ReadModelSource,
 }
@@ -116,6 +118,7 @@ impl ServerConfig {
             clock: Arc::new(SystemClock),
             tls: None,
             key_reload_interval: std::time::Duration::from_secs(10),
+            scheduler: None,
             read_models: ReadModelSource::Log,
         }
     }
@@ -128,6 +131,7 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<()>>,
+    scheduler: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -135,6 +139,9 @@ impl RunningServer {
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(scheduler) = self.scheduler.take() {
+            scheduler.abort();
         }
         (&mut self.handle)
             .await
@@ -277,6 +284,9 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
             ReadSide::start(store, ReadModels::new(tokens.clone()), appended_rx).await?
         }
     };
+    let scheduler = config.scheduler.clone().map(|schedule| {
+        crate::scheduler::Scheduler::new(executor.clone(), read.clone(), schedule).spawn()
+    });
     let app = App::new(executor, read, tokens, config.settings.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -387,6 +397,7 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
         None => tracing::info!(%addr, "onbehalf listening in plain text (loopback only)"),
     }
     Ok(RunningServer {
+        scheduler,
         addr,
         shutdown: Some(shutdown_tx),
         handle,

@@ -143,6 +143,12 @@ pub const TABLE: &[Rule] = &[
         [OK, OK, OK, OK, OK, DENIED, DENIED, DENIED]),
     rule("AccountService", "ListMembers", R, &[], None,
         [OK, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED]),
+    rule("AccountService", "AddContact", M, &[P::Contacts], None,
+        [OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED, OK]),
+    rule("AccountService", "RemoveContact", M, &[P::Contacts], None,
+        [OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED, OK]),
+    rule("AccountService", "ListContacts", R, &[P::Contacts], None,
+        [OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED]),
 
     // InvitationService
     rule("InvitationService", "InviteUser", M, &[], None,
@@ -204,6 +210,11 @@ pub const TABLE: &[Rule] = &[
     // NotificationService, by account.
     rule("NotificationService", "ListNotifications", R, &[P::Emails], Some("notifications:read"),
         [OK, OK, DENIED, DENIED, DENIED, OK, DENIED, DENIED]),
+    // Every member chooses its own mail; a service or staff member has none to choose.
+    rule("NotificationService", "SetNotificationOptIns", M, &[], None,
+        [OK, OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED]),
+    rule("NotificationService", "GetNotificationOptIns", R, &[], None,
+        [OK, OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED]),
 
     // AuditService, by account: the owner reads all of it, a member its own actions there.
     rule("AuditService", "ListAuditTrail", R, &[], Some("audit:read"),

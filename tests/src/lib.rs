@@ -16,6 +16,7 @@
 )]
 
 pub mod authz;
+pub mod mail;
 
 use std::fmt;
 use std::future::Future;

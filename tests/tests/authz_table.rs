@@ -34,6 +34,7 @@ struct Fixture {
     domain_service_id: String,
     invitation_id: String,
     invitation_token: String,
+    contact_id: String,
 }
 
 /// The RPCs whose success leaves a fixture as every other cell of the row expects it, so the
@@ -154,7 +155,23 @@ async fn fixture(
         .map(|n| n.action_token)
         .expect("the invitee has an invitation notice");
 
+    let contact = owner
+        .accounts()
+        .add_contact(pb::AddContactRequest {
+            account_id: account_id.clone(),
+            name: "ABC Accounts".into(),
+            email: format!("accounts-{n}@abc.co.tz"),
+            categories: vec![pb::ContactCategory::ContactInvoice as i32],
+            request_id: request_id(),
+        })
+        .await
+        .expect("the owner adds a contact")
+        .into_inner()
+        .contact
+        .expect("AddContact returns the contact");
+
     Fixture {
+        contact_id: contact.contact_id,
         shape: (with, without),
         account_id,
         hosting_product_id: catalogue.hosting_product_id.clone(),
@@ -266,6 +283,52 @@ async fn call(
             .list_members(pb::ListMembersRequest {
                 account_id,
                 ..Default::default()
+            })
+            .await
+            .map(ok),
+
+        ("AccountService", "AddContact") => c
+            .accounts()
+            .add_contact(pb::AddContactRequest {
+                account_id,
+                name: "Another Contact".into(),
+                email: format!("contact-{n}@abc.co.tz"),
+                categories: vec![pb::ContactCategory::ContactProduct as i32],
+                request_id: request_id(),
+            })
+            .await
+            .map(ok),
+        ("AccountService", "RemoveContact") => c
+            .accounts()
+            .remove_contact(pb::RemoveContactRequest {
+                account_id,
+                contact_id: fx.contact_id.clone(),
+                request_id: request_id(),
+            })
+            .await
+            .map(ok),
+        ("AccountService", "ListContacts") => c
+            .accounts()
+            .list_contacts(pb::ListContactsRequest {
+                account_id,
+                ..Default::default()
+            })
+            .await
+            .map(ok),
+        ("NotificationService", "SetNotificationOptIns") => c
+            .notifications()
+            .set_notification_opt_ins(pb::SetNotificationOptInsRequest {
+                account_id,
+                categories: vec![pb::ContactCategory::ContactGeneral as i32],
+                request_id: request_id(),
+            })
+            .await
+            .map(ok),
+        ("NotificationService", "GetNotificationOptIns") => c
+            .notifications()
+            .get_notification_opt_ins(pb::GetNotificationOptInsRequest {
+                account_id,
+                min_position: 0,
             })
             .await
             .map(ok),

@@ -543,7 +543,43 @@ fn account_summary(event: &AccountEvent, names: &Names) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        E::ContactAdded {
+            email, categories, ..
+        } => format!("{email} receives {}", categories_text(categories)),
+        E::ContactRemoved { contact_id } => format!("contact {}", short(*contact_id)),
+        E::NotificationOptInsSet {
+            user_id,
+            categories,
+        } => format!(
+            "{} receives {}",
+            names.user(*user_id),
+            categories_text(categories)
+        ),
+        E::PaymentReminderSent {
+            invoice_id,
+            days_from_due,
+        } => format!("invoice {}, {days_from_due:+} days from due", short(*invoice_id)),
+        E::ServiceSuspended {
+            service_id,
+            invoice_id,
+        } => format!(
+            "service {} for invoice {}",
+            short(*service_id),
+            short(*invoice_id)
+        ),
+        E::ServiceUnsuspended { service_id } => format!("service {}", short(*service_id)),
     }
+}
+
+fn categories_text(categories: &onbehalf_events::ContactCategories) -> String {
+    if categories.is_empty() {
+        return "nothing".into();
+    }
+    categories
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How often the replay's progress bar is redrawn.

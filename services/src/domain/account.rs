@@ -4,14 +4,16 @@
 //! every decision about them is made on the account's own current state (a revoked member can
 //! never act again, however far the read models lag).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use onbehalf_events::account::{InvoiceKind, InvoiceLine, RemovalReason};
 use onbehalf_events::values::{BillingCycle, Currency, DomainName, Email, Name, ProductKind};
-use onbehalf_events::{AccountEvent, Actor, Permission, PermissionSet, Product};
+use onbehalf_events::{
+    AccountEvent, Actor, ContactCategories, Permission, PermissionSet, Product,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -144,6 +146,56 @@ pub enum AccountCommand {
         /// The payer's reference.
         reference: String,
     },
+    /// Add a contact who receives the account's mail of some categories. Needs CONTACTS.
+    AddContact {
+        /// The new contact's id.
+        contact_id: Uuid,
+        /// The contact's name.
+        name: Name,
+        /// The contact's email.
+        email: Email,
+        /// What the contact receives; at least one category.
+        categories: ContactCategories,
+    },
+    /// Remove a contact. Needs CONTACTS.
+    RemoveContact {
+        /// The contact.
+        contact_id: Uuid,
+    },
+    /// Choose which of the account's mail the actor (owner or member) receives.
+    SetNotificationOptIns {
+        /// The categories; each needs the permission that shows the same in the client area.
+        categories: ContactCategories,
+    },
+    /// Issue the renewal invoice of the cycle starting at `period_start`, once the date is at
+    /// most `lead_days` away. The system actor only (the scheduler).
+    IssueRenewal {
+        /// The service.
+        service_id: Uuid,
+        /// The cycle the scheduler saw due; nothing happens unless it is still the next one.
+        period_start: NaiveDate,
+        /// The id to give a new invoice.
+        invoice_id: Uuid,
+        /// How many days before the due date renewals are issued.
+        lead_days: u32,
+    },
+    /// Remind the account of an unpaid invoice. The system actor only.
+    RemindInvoice {
+        /// The invoice.
+        invoice_id: Uuid,
+        /// Days from the due date: negative before it, zero or positive on or after it.
+        days_from_due: i32,
+    },
+    /// Suspend a service whose invoice stayed unpaid `grace_days` past its due date. The system
+    /// actor only.
+    SuspendService {
+        /// The service.
+        service_id: Uuid,
+        /// The unpaid invoice.
+        invoice_id: Uuid,
+        /// Days after the due date a service may stay unpaid.
+        grace_days: u32,
+    },
 }
 
 impl AccountCommand {
@@ -157,6 +209,9 @@ impl AccountCommand {
             | AccountCommand::CancelService { .. } => Some(Permission::Orders),
             AccountCommand::UpdateNameservers { .. } => Some(Permission::ManageDomains),
             AccountCommand::PayInvoice { .. } => Some(Permission::Invoices),
+            AccountCommand::AddContact { .. } | AccountCommand::RemoveContact { .. } => {
+                Some(Permission::Contacts)
+            }
             _ => None,
         }
     }
@@ -223,6 +278,9 @@ pub struct ServiceState {
     pub cancelled: bool,
     /// Renewal invoices by the first day of the cycle they bill.
     pub renewals: BTreeMap<NaiveDate, Uuid>,
+    /// The unpaid invoice for which the service is suspended; `None` while it runs.
+    #[serde(default)]
+    pub suspended_for: Option<Uuid>,
 }
 
 impl ServiceState {
@@ -258,6 +316,23 @@ pub struct InvoiceState {
     pub currency: Currency,
     /// Status.
     pub status: InvoiceStatus,
+    /// The due date.
+    #[serde(default)]
+    pub due_date: Option<NaiveDate>,
+    /// The reminders sent, as days from the due date.
+    #[serde(default)]
+    pub reminders: BTreeSet<i32>,
+}
+
+/// A contact of a client account on the write side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContactState {
+    /// The contact's name.
+    pub name: Name,
+    /// The contact's email.
+    pub email: Email,
+    /// What the contact receives.
+    pub categories: ContactCategories,
 }
 
 /// A client account's write-model state.
@@ -279,6 +354,12 @@ pub struct ClientAccount {
     pub services: BTreeMap<Uuid, ServiceState>,
     /// Every invoice ever issued.
     pub invoices: BTreeMap<Uuid, InvoiceState>,
+    /// The current contacts.
+    #[serde(default)]
+    pub contacts: BTreeMap<Uuid, ContactState>,
+    /// What the owner and members opted into; absent: nothing.
+    #[serde(default)]
+    pub opt_ins: BTreeMap<Uuid, ContactCategories>,
 }
 
 /// How an actor is allowed to act on an account.
@@ -671,33 +752,7 @@ impl ClientAccount {
                 if service.renewals.contains_key(&period_start) {
                     return Ok(vec![]);
                 }
-                if self.invoices.contains_key(&invoice_id) {
-                    return Err(DomainError::AlreadyExists("invoice id is taken".into()));
-                }
-                let period_end = service.next_period_end();
-                let line = InvoiceLine {
-                    description: describe_line(service, period_start, period_end),
-                    amount_minor: service.amount_minor,
-                };
-                let mut events = vec![AccountEvent::InvoiceIssued {
-                    invoice_id,
-                    service_id,
-                    kind: InvoiceKind::Renewal { period_start },
-                    total_minor: line.amount_minor,
-                    lines: vec![line],
-                    currency: service.currency.clone(),
-                    issued_on: today,
-                    due_date: period_start,
-                }];
-                if service.amount_minor == 0 {
-                    // Nothing can be paid on a free invoice, so it is settled as it is issued.
-                    events.push(AccountEvent::InvoicePaid { invoice_id });
-                    events.push(AccountEvent::ServiceRenewed {
-                        service_id,
-                        next_due_date: period_end,
-                    });
-                }
-                Ok(events)
+                self.renewal_events(service_id, invoice_id, today)
             }
             AccountCommand::CancelService { service_id } => {
                 self.require_permission(ctx, Permission::Orders, false)?;
@@ -743,7 +798,192 @@ impl ClientAccount {
                 self.require_permission(ctx, Permission::Invoices, true)?;
                 self.decide_payment(invoice_id, payment_id, amount_minor, reference)
             }
+            AccountCommand::AddContact {
+                contact_id,
+                name,
+                email,
+                categories,
+            } => {
+                self.require_permission(ctx, Permission::Contacts, false)?;
+                if categories.is_empty() {
+                    return Err(DomainError::invalid(
+                        "categories",
+                        "a contact receives at least one category",
+                    ));
+                }
+                if self.contacts.contains_key(&contact_id) {
+                    return Err(DomainError::AlreadyExists("contact id is taken".into()));
+                }
+                let key = email.key();
+                if self.contacts.values().any(|c| c.email.key() == key) {
+                    return Err(DomainError::AlreadyExists(
+                        "a contact with that email exists".into(),
+                    ));
+                }
+                Ok(vec![AccountEvent::ContactAdded {
+                    contact_id,
+                    name,
+                    email,
+                    categories,
+                }])
+            }
+            AccountCommand::RemoveContact { contact_id } => {
+                self.require_permission(ctx, Permission::Contacts, false)?;
+                if !self.contacts.contains_key(&contact_id) {
+                    return Err(DomainError::NotFound("contact"));
+                }
+                Ok(vec![AccountEvent::ContactRemoved { contact_id }])
+            }
+            AccountCommand::SetNotificationOptIns { categories } => {
+                self.require_exists()?;
+                let user_id = Self::require_user(ctx)?;
+                let held = self.permissions_of(user_id).ok_or_else(|| {
+                    DomainError::denied("caller is not the owner or a member of this account")
+                })?;
+                if let Some(missing) = categories
+                    .iter()
+                    .find_map(|c| c.required_permission().filter(|p| !held.contains(*p)))
+                {
+                    return Err(DomainError::denied(format!(
+                        "receiving that mail needs the {missing} permission"
+                    )));
+                }
+                let current = self.opt_ins.get(&user_id).cloned().unwrap_or_default();
+                if current == categories {
+                    return Ok(vec![]);
+                }
+                Ok(vec![AccountEvent::NotificationOptInsSet {
+                    user_id,
+                    categories,
+                }])
+            }
+            AccountCommand::IssueRenewal {
+                service_id,
+                period_start,
+                invoice_id,
+                lead_days,
+            } => {
+                Self::require_system(ctx)?;
+                self.require_exists()?;
+                let service = self.service(service_id)?;
+                // A cycle already renewed, billed (by a member or an earlier run) or not yet
+                // close enough is left alone: this is what makes the scheduler exact.
+                let opens = period_start - Duration::days(i64::from(lead_days));
+                if service.cancelled
+                    || service.next_due_date != period_start
+                    || service.renewals.contains_key(&period_start)
+                    || today < opens
+                {
+                    return Ok(vec![]);
+                }
+                self.renewal_events(service_id, invoice_id, today)
+            }
+            AccountCommand::RemindInvoice {
+                invoice_id,
+                days_from_due,
+            } => {
+                Self::require_system(ctx)?;
+                self.require_exists()?;
+                let invoice = self
+                    .invoices
+                    .get(&invoice_id)
+                    .ok_or(DomainError::NotFound("invoice"))?;
+                let Some(due_date) = invoice.due_date else {
+                    return Ok(vec![]);
+                };
+                let at = due_date + Duration::days(i64::from(days_from_due));
+                // A reminder before the due date makes no sense once the date has passed.
+                let in_time = today >= at && (days_from_due >= 0 || today < due_date);
+                let cancelled = self
+                    .services
+                    .get(&invoice.service_id)
+                    .is_some_and(|s| s.cancelled);
+                if invoice.status != InvoiceStatus::Unpaid
+                    || invoice.reminders.contains(&days_from_due)
+                    || !in_time
+                    || cancelled
+                {
+                    return Ok(vec![]);
+                }
+                Ok(vec![AccountEvent::PaymentReminderSent {
+                    invoice_id,
+                    days_from_due,
+                }])
+            }
+            AccountCommand::SuspendService {
+                service_id,
+                invoice_id,
+                grace_days,
+            } => {
+                Self::require_system(ctx)?;
+                self.require_exists()?;
+                let service = self.service(service_id)?;
+                let invoice = self
+                    .invoices
+                    .get(&invoice_id)
+                    .ok_or(DomainError::NotFound("invoice"))?;
+                let overdue = invoice.due_date.is_some_and(|due| {
+                    today >= due + Duration::days(i64::from(grace_days))
+                });
+                if service.cancelled
+                    || service.suspended_for.is_some()
+                    || invoice.service_id != service_id
+                    || invoice.status != InvoiceStatus::Unpaid
+                    || !overdue
+                {
+                    return Ok(vec![]);
+                }
+                Ok(vec![AccountEvent::ServiceSuspended {
+                    service_id,
+                    invoice_id,
+                }])
+            }
         }
+    }
+
+    fn require_system(ctx: &CommandContext) -> Result<(), DomainError> {
+        match ctx.actor {
+            Actor::System => Ok(()),
+            _ => Err(DomainError::denied("only the scheduler does this")),
+        }
+    }
+
+    /// The renewal invoice of the service's next cycle, and its settlement when it is free.
+    fn renewal_events(
+        &self,
+        service_id: Uuid,
+        invoice_id: Uuid,
+        today: NaiveDate,
+    ) -> Result<Vec<AccountEvent>, DomainError> {
+        let service = self.service(service_id)?;
+        if self.invoices.contains_key(&invoice_id) {
+            return Err(DomainError::AlreadyExists("invoice id is taken".into()));
+        }
+        let period_start = service.next_due_date;
+        let period_end = service.next_period_end();
+        let line = InvoiceLine {
+            description: describe_line(service, period_start, period_end),
+            amount_minor: service.amount_minor,
+        };
+        let mut events = vec![AccountEvent::InvoiceIssued {
+            invoice_id,
+            service_id,
+            kind: InvoiceKind::Renewal { period_start },
+            total_minor: line.amount_minor,
+            lines: vec![line],
+            currency: service.currency.clone(),
+            issued_on: today,
+            due_date: period_start,
+        }];
+        if service.amount_minor == 0 {
+            // Nothing can be paid on a free invoice, so it is settled as it is issued.
+            events.push(AccountEvent::InvoicePaid { invoice_id });
+            events.push(AccountEvent::ServiceRenewed {
+                service_id,
+                next_due_date: period_end,
+            });
+        }
+        Ok(events)
     }
 
     fn decide_order(
@@ -814,6 +1054,7 @@ impl ClientAccount {
             next_due_date,
             cancelled: false,
             renewals: BTreeMap::new(),
+            suspended_for: None,
         };
         let line = InvoiceLine {
             description: describe_line(&service, today, next_due_date),
@@ -877,6 +1118,12 @@ impl ClientAccount {
         }];
         if amount_minor == outstanding {
             events.push(AccountEvent::InvoicePaid { invoice_id });
+            let service = self.service(invoice.service_id)?;
+            if service.suspended_for == Some(invoice_id) {
+                events.push(AccountEvent::ServiceUnsuspended {
+                    service_id: invoice.service_id,
+                });
+            }
             if let InvoiceKind::Renewal { period_start } = invoice.kind {
                 let service = self.service(invoice.service_id)?;
                 if service.next_due_date == period_start && !service.cancelled {
@@ -998,6 +1245,7 @@ impl Aggregate for ClientAccount {
             }
             AccountEvent::MemberRemoved { user_id, .. } => {
                 self.members.remove(&user_id);
+                self.opt_ins.remove(&user_id);
             }
             AccountEvent::OwnershipTransferred {
                 from_user_id,
@@ -1033,6 +1281,7 @@ impl Aggregate for ClientAccount {
                         next_due_date,
                         cancelled: false,
                         renewals: BTreeMap::new(),
+                        suspended_for: None,
                     },
                 );
             }
@@ -1042,6 +1291,7 @@ impl Aggregate for ClientAccount {
                 kind,
                 total_minor,
                 currency,
+                due_date,
                 ..
             } => {
                 if let (InvoiceKind::Renewal { period_start }, Some(service)) =
@@ -1058,6 +1308,8 @@ impl Aggregate for ClientAccount {
                         paid_minor: 0,
                         currency,
                         status: InvoiceStatus::Unpaid,
+                        due_date: Some(due_date),
+                        reminders: BTreeSet::new(),
                     },
                 );
             }
@@ -1091,6 +1343,55 @@ impl Aggregate for ClientAccount {
                 }
             }
             AccountEvent::NameserversUpdated { .. } => {}
+            AccountEvent::ContactAdded {
+                contact_id,
+                name,
+                email,
+                categories,
+            } => {
+                self.contacts.insert(
+                    contact_id,
+                    ContactState {
+                        name,
+                        email,
+                        categories,
+                    },
+                );
+            }
+            AccountEvent::ContactRemoved { contact_id } => {
+                self.contacts.remove(&contact_id);
+            }
+            AccountEvent::NotificationOptInsSet {
+                user_id,
+                categories,
+            } => {
+                if categories.is_empty() {
+                    self.opt_ins.remove(&user_id);
+                } else {
+                    self.opt_ins.insert(user_id, categories);
+                }
+            }
+            AccountEvent::PaymentReminderSent {
+                invoice_id,
+                days_from_due,
+            } => {
+                if let Some(i) = self.invoices.get_mut(&invoice_id) {
+                    i.reminders.insert(days_from_due);
+                }
+            }
+            AccountEvent::ServiceSuspended {
+                service_id,
+                invoice_id,
+            } => {
+                if let Some(s) = self.services.get_mut(&service_id) {
+                    s.suspended_for = Some(invoice_id);
+                }
+            }
+            AccountEvent::ServiceUnsuspended { service_id } => {
+                if let Some(s) = self.services.get_mut(&service_id) {
+                    s.suspended_for = None;
+                }
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `AccountService`.
 
-use onbehalf_events::user_stream;
+use onbehalf_events::{user_stream, ContactCategories, ContactCategory};
 use onbehalf_projections::ReadModels;
 use onbehalf_proto::v1 as pb;
 use onbehalf_proto::v1::account_service_server::AccountService;
@@ -78,6 +78,67 @@ impl AccountService for Accounts {
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         respond(self.members(request).await)
     }
+
+    async fn add_contact(
+        &self,
+        request: Request<pb::AddContactRequest>,
+    ) -> Result<Response<pb::AddContactResponse>, Status> {
+        respond(self.add_contact(request).await)
+    }
+
+    async fn remove_contact(
+        &self,
+        request: Request<pb::RemoveContactRequest>,
+    ) -> Result<Response<pb::RemoveContactResponse>, Status> {
+        respond(self.remove_contact(request).await)
+    }
+
+    async fn list_contacts(
+        &self,
+        request: Request<pb::ListContactsRequest>,
+    ) -> Result<Response<pb::ListContactsResponse>, Status> {
+        respond(self.contacts(request).await)
+    }
+}
+
+/// Parses a list of contact categories; an unknown or unspecified one is `INVALID_ARGUMENT`.
+pub(crate) fn contact_categories(field: &'static str, raw: &[i32]) -> Result<ContactCategories> {
+    raw.iter()
+        .map(|value| match pb::ContactCategory::try_from(*value) {
+            Ok(pb::ContactCategory::ContactGeneral) => Ok(ContactCategory::General),
+            Ok(pb::ContactCategory::ContactInvoice) => Ok(ContactCategory::Invoice),
+            Ok(pb::ContactCategory::ContactProduct) => Ok(ContactCategory::Product),
+            Ok(pb::ContactCategory::ContactDomain) => Ok(ContactCategory::Domain),
+            Ok(pb::ContactCategory::ContactSupport) => Ok(ContactCategory::Support),
+            _ => Err(Error::invalid(
+                field,
+                format!("{value} is not a contact category"),
+            )),
+        })
+        .collect()
+}
+
+/// The wire form of a set of categories, in order.
+pub(crate) fn contact_categories_to_pb(categories: &ContactCategories) -> Vec<i32> {
+    categories
+        .iter()
+        .map(|c| match c {
+            ContactCategory::General => pb::ContactCategory::ContactGeneral,
+            ContactCategory::Invoice => pb::ContactCategory::ContactInvoice,
+            ContactCategory::Product => pb::ContactCategory::ContactProduct,
+            ContactCategory::Domain => pb::ContactCategory::ContactDomain,
+            ContactCategory::Support => pb::ContactCategory::ContactSupport,
+        } as i32)
+        .collect()
+}
+
+/// A contact as a command left it, remembered with the command.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContactOutcome {
+    contact_id: Uuid,
+    name: String,
+    email: String,
+    categories: ContactCategories,
 }
 
 /// An account as a command left it: remembered with the command, so that a retry gets the
@@ -141,9 +202,6 @@ pub(crate) async fn require_registered(app: &App, call: &Call) -> Result<Uuid> {
         return Err(Error::PermissionDenied(
             "the calling user is not registered".into(),
         ));
-    }
-    if !user.aggregate.is_active() {
-        return Err(Error::PermissionDenied("the calling user was erased".into()));
     }
     Ok(user_id)
 }
@@ -300,6 +358,111 @@ impl Accounts {
         let (members, next_page_token) = convert::page(members, req.page_size, &req.page_token)?;
         Ok(pb::ListMembersResponse {
             members,
+            next_page_token,
+        })
+    }
+
+    async fn add_contact(
+        &self,
+        request: Request<pb::AddContactRequest>,
+    ) -> Result<pb::AddContactResponse> {
+        let app = &self.0;
+        let call = app.call(&request)?;
+        let mut req = request.into_inner();
+        let request_id = std::mem::take(&mut req.request_id);
+        let account_id = convert::uuid("account_id", &req.account_id)?;
+        let name = convert::name("name", &req.name)?;
+        let email = convert::email("email", &req.email)?;
+        let categories = contact_categories("categories", &req.categories)?;
+        let key = idempotency("AddContact", &request_id, &req)?;
+
+        let contact_id = Uuid::new_v4();
+        let body = AccountCommand::AddContact {
+            contact_id,
+            name,
+            email,
+            categories,
+        };
+        let done = app
+            .execute_account(&call, account_id, body, key, move |account| {
+                let contact = account
+                    .contacts
+                    .get(&contact_id)
+                    .ok_or_else(|| Error::Internal("the command left no contact".into()))?;
+                Ok(ContactOutcome {
+                    contact_id,
+                    name: contact.name.to_string(),
+                    email: contact.email.to_string(),
+                    categories: contact.categories.clone(),
+                })
+            })
+            .await?;
+        let contact = done.value;
+        Ok(pb::AddContactResponse {
+            contact: Some(pb::Contact {
+                contact_id: contact.contact_id.to_string(),
+                name: contact.name,
+                email: contact.email,
+                categories: contact_categories_to_pb(&contact.categories),
+            }),
+            position: done.position,
+        })
+    }
+
+    async fn remove_contact(
+        &self,
+        request: Request<pb::RemoveContactRequest>,
+    ) -> Result<pb::RemoveContactResponse> {
+        let app = &self.0;
+        let call = app.call(&request)?;
+        let mut req = request.into_inner();
+        let request_id = std::mem::take(&mut req.request_id);
+        let account_id = convert::uuid("account_id", &req.account_id)?;
+        let contact_id = convert::uuid("contact_id", &req.contact_id)?;
+        let key = idempotency("RemoveContact", &request_id, &req)?;
+        let done = app
+            .execute_account(
+                &call,
+                account_id,
+                AccountCommand::RemoveContact { contact_id },
+                key,
+                |_| Ok(()),
+            )
+            .await?;
+        Ok(pb::RemoveContactResponse {
+            position: done.position,
+        })
+    }
+
+    async fn contacts(
+        &self,
+        request: Request<pb::ListContactsRequest>,
+    ) -> Result<pb::ListContactsResponse> {
+        let app = &self.0;
+        let call = app.call(&request)?;
+        let req = request.into_inner();
+        let account_id = convert::uuid("account_id", &req.account_id)?;
+        let loaded = app
+            .authorize_read(&call, account_id, Some(onbehalf_events::Permission::Contacts))
+            .await?;
+        let min = req.min_position.max(loaded.position);
+        let contacts = app
+            .read(&call, min, |m| {
+                m.notifications
+                    .contacts(account_id)
+                    .into_iter()
+                    .map(|c| pb::Contact {
+                        contact_id: c.contact_id.to_string(),
+                        name: c.name.to_string(),
+                        email: c.email.to_string(),
+                        categories: contact_categories_to_pb(&c.categories),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        let (contacts, next_page_token) = convert::page(contacts, req.page_size, &req.page_token)?;
+        Ok(pb::ListContactsResponse {
+            contacts,
             next_page_token,
         })
     }

@@ -6,7 +6,9 @@ use onbehalf_proto::v1 as pb;
 use onbehalf_proto::v1::notification_service_server::NotificationService;
 use tonic::{Request, Response, Status};
 
-use super::{convert, respond, App};
+use super::accounts::{contact_categories, contact_categories_to_pb};
+use super::{convert, idempotency, respond, App};
+use crate::domain::AccountCommand;
 use crate::error::{Error, Result};
 
 /// The `NotificationService` implementation.
@@ -55,6 +57,20 @@ impl NotificationService for Notifications {
         request: Request<pb::ListNotificationsRequest>,
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
         respond(self.list(request).await)
+    }
+
+    async fn set_notification_opt_ins(
+        &self,
+        request: Request<pb::SetNotificationOptInsRequest>,
+    ) -> Result<Response<pb::SetNotificationOptInsResponse>, Status> {
+        respond(self.set_opt_ins(request).await)
+    }
+
+    async fn get_notification_opt_ins(
+        &self,
+        request: Request<pb::GetNotificationOptInsRequest>,
+    ) -> Result<Response<pb::GetNotificationOptInsResponse>, Status> {
+        respond(self.get_opt_ins(request).await)
     }
 }
 
@@ -142,6 +158,52 @@ impl Notifications {
         Ok(pb::ListNotificationsResponse {
             notifications,
             next_page_token,
+        })
+    }
+
+    async fn set_opt_ins(
+        &self,
+        request: Request<pb::SetNotificationOptInsRequest>,
+    ) -> Result<pb::SetNotificationOptInsResponse> {
+        let app = &self.0;
+        let call = app.call(&request)?;
+        let mut req = request.into_inner();
+        let request_id = std::mem::take(&mut req.request_id);
+        let account_id = convert::uuid("account_id", &req.account_id)?;
+        let categories = contact_categories("categories", &req.categories)?;
+        let key = idempotency("SetNotificationOptIns", &request_id, &req)?;
+        let user_id = call.caller.user_id()?;
+        let done = app
+            .execute_account(
+                &call,
+                account_id,
+                AccountCommand::SetNotificationOptIns { categories },
+                key,
+                move |account| Ok(account.opt_ins.get(&user_id).cloned().unwrap_or_default()),
+            )
+            .await?;
+        Ok(pb::SetNotificationOptInsResponse {
+            categories: contact_categories_to_pb(&done.value),
+            position: done.position,
+        })
+    }
+
+    async fn get_opt_ins(
+        &self,
+        request: Request<pb::GetNotificationOptInsRequest>,
+    ) -> Result<pb::GetNotificationOptInsResponse> {
+        let app = &self.0;
+        let call = app.call(&request)?;
+        let req = request.into_inner();
+        let account_id = convert::uuid("account_id", &req.account_id)?;
+        let user_id = call.caller.user_id()?;
+        let loaded = app.authorize_read(&call, account_id, None).await?;
+        let min = req.min_position.max(loaded.position);
+        let categories = app
+            .read(&call, min, |m| m.notifications.opt_ins(account_id, user_id))
+            .await?;
+        Ok(pb::GetNotificationOptInsResponse {
+            categories: contact_categories_to_pb(&categories),
         })
     }
 }
