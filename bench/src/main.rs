@@ -21,6 +21,7 @@ use onbehalf_projections::{InvitationLinks, ProjectionError};
 use tokio_postgres::NoTls;
 
 mod audit_export;
+mod latency;
 mod replay;
 mod seed;
 mod served;
@@ -63,6 +64,39 @@ enum Command {
     /// Command throughput of one mix on onbehalf, on cqrs-es with postgres-es, and on plain
     /// PostgreSQL inserts.
     Throughput(throughput::ThroughputArgs),
+    /// CheckPermission beside a no-op RPC behind the same authentication, and read-your-writes.
+    Latency(LatencyArgs),
+    /// Every benchmark in turn (throughput, latency, replay), one table each.
+    All(AllArgs),
+}
+
+#[derive(Debug, Args)]
+struct LatencyArgs {
+    /// A short run that only shows the program works.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds per round and kind of call.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds whose calls are pooled.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Read-your-writes samples per store.
+    #[arg(long, default_value_t = 500)]
+    samples: usize,
+    /// The PostgreSQL server to create the bench's throwaway databases on.
+    #[arg(long, default_value = DEFAULT_DATABASE_URL)]
+    database_url: String,
+}
+
+#[derive(Debug, Args)]
+struct AllArgs {
+    /// Every part in its short form (seconds each); CI runs this to keep the program working.
+    #[arg(long)]
+    quick: bool,
+    /// The PostgreSQL server to create the bench's throwaway databases on.
+    #[arg(long, default_value = DEFAULT_DATABASE_URL)]
+    database_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,6 +147,8 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => runtime.block_on(replay_bench(args)),
         Command::AuditExport(args) => runtime.block_on(audit_export::run(args)),
         Command::Throughput(args) => runtime.block_on(throughput_bench(args)),
+        Command::Latency(args) => runtime.block_on(latency_bench(args)),
+        Command::All(args) => runtime.block_on(all_bench(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -121,6 +157,146 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn latency_bench(args: LatencyArgs) -> Result<(), BenchError> {
+    println!("# onbehalf-bench latency");
+    println!();
+    println!("machine: {}", machine());
+    println!("load average at start: {}", load_average());
+    latency_tables(&args).await?;
+    println!("load average at end: {}", load_average());
+    Ok(())
+}
+
+async fn latency_tables(args: &LatencyArgs) -> Result<(), BenchError> {
+    let plan = if args.quick {
+        latency::Plan {
+            seconds: 0.3,
+            warmup: 1,
+            rounds: 2,
+            fresh_samples: 40,
+        }
+    } else {
+        latency::Plan {
+            seconds: args.seconds,
+            warmup: 1,
+            rounds: args.rounds,
+            fresh_samples: args.samples,
+        }
+    };
+    let setup = seed::MixSetup {
+        accounts: if args.quick { 256 } else { 2048 },
+        designers: 64,
+    };
+    println!(
+        "latency parameters: {} client accounts; per caller count {} warm-up + {} rounds of {} s \
+         of each call, alternating; CheckPermission by a service token with access:check on a \
+         rotating account and user; read-your-writes: {} InviteUser then ListInvitations with \
+         its position as min_position, one caller",
+        setup.accounts, plan.warmup, plan.rounds, plan.seconds, plan.fresh_samples
+    );
+    let mut checks = Vec::new();
+    let mut fresh = Vec::new();
+    for backend in [served::Backend::Sqlite, served::Backend::Postgres] {
+        checks.extend(
+            latency::permission_checks(backend, &args.database_url, setup, &[1, 64], plan).await?,
+        );
+        fresh.push(latency::read_your_writes(backend, &args.database_url, setup, plan).await?);
+    }
+    println!();
+    println!("| server store | callers | no-op p50 / p99 / p99.9 ms | CheckPermission p50 / p99 / p99.9 ms | p99 ÷ no-op p99 | calls |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let ms = |q: &latency::Quantiles| {
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            q.p50_us / 1000.0,
+            q.p99_us / 1000.0,
+            q.p999_us / 1000.0
+        )
+    };
+    for r in &checks {
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {} / {} |",
+            r.store,
+            r.callers,
+            ms(&r.noop),
+            ms(&r.check),
+            r.check.p99_us / r.noop.p99_us.max(f64::MIN_POSITIVE),
+            thousands(r.noop.calls as f64),
+            thousands(r.check.calls as f64),
+        );
+    }
+    println!();
+    println!("| server store | command p50 / p99 ms | read at its position p50 / p99 ms | samples |");
+    println!("|---|---:|---:|---:|");
+    for r in &fresh {
+        println!(
+            "| {} | {:.2} / {:.2} | {:.2} / {:.2} | {} |",
+            r.store,
+            r.command.p50_us / 1000.0,
+            r.command.p99_us / 1000.0,
+            r.read.p50_us / 1000.0,
+            r.read.p99_us / 1000.0,
+            r.read.calls
+        );
+    }
+    Ok(())
+}
+
+async fn all_bench(args: AllArgs) -> Result<(), BenchError> {
+    let started = Instant::now();
+    println!("# onbehalf-bench all{}", if args.quick { " --quick" } else { "" });
+    println!();
+    println!("machine: {}", machine());
+    println!("load average at start: {}", load_average());
+    println!();
+    println!("## Command throughput");
+    let throughput_args = throughput::ThroughputArgs {
+        quick: args.quick,
+        clients: vec![1, 8, 64],
+        seconds: 2.0,
+        rounds: 3,
+        warmup: 1,
+        accounts: 2048,
+        designers: 64,
+        floor_batch: 100,
+        systems: ["inprocess", "grpc", "peer", "floor", "embedded"]
+            .map(String::from)
+            .to_vec(),
+        peer_binary: None,
+        database_url: args.database_url.clone(),
+    };
+    let rows = throughput::run(&throughput_args).await?;
+    println!();
+    print_throughput(&rows);
+    println!();
+    println!("## Permission checks and read-your-writes");
+    latency_tables(&LatencyArgs {
+        quick: args.quick,
+        seconds: 2.0,
+        rounds: 3,
+        samples: 500,
+        database_url: args.database_url.clone(),
+    })
+    .await?;
+    println!();
+    println!("## Replay");
+    replay_bench(ReplayArgs {
+        events: 1_000_000,
+        quick: args.quick,
+        sizes: Vec::new(),
+        rounds: 3,
+        warmup: 1,
+        batch: 1000,
+        backend: BackendChoice::Both,
+        database_url: args.database_url.clone(),
+    })
+    .await?;
+    println!();
+    println!("load average at end: {}", load_average());
+    println!("whole run: {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 async fn throughput_bench(args: throughput::ThroughputArgs) -> Result<(), BenchError> {

@@ -1,7 +1,6 @@
 //! The real server, started in this process on a loopback port over a store seeded with the
 //! mix's starting point, and the mix driven against it over gRPC.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onbehalf::auth::{self, Signer};
@@ -39,11 +38,13 @@ pub struct Served {
 }
 
 impl Served {
-    /// Seeds `setup` into a fresh store of `backend`, then starts the server on it.
+    /// Seeds `setup` into a fresh store of `backend`, then starts the server on it, with the
+    /// no-op RPC mounted behind its authentication when `noop` is set.
     pub async fn start(
         backend: Backend,
         admin_url: &str,
         setup: MixSetup,
+        noop: bool,
     ) -> Result<Served, BenchError> {
         let data_dir = TempDir::new()?;
         let database = match backend {
@@ -59,7 +60,11 @@ impl Served {
         crate::seed::seed_mix(store.clone(), setup, 16).await?;
         drop(store);
 
-        let running = onbehalf::server::spawn(config).await?;
+        let running = onbehalf::server::spawn_with_service(
+            config,
+            noop.then_some(crate::latency::Noop),
+        )
+        .await?;
         let url = format!("http://{}", running.addr);
         let (key, _) = auth::ensure_dev_keypair(&data_dir.0)?;
         let signer = Signer::load(&key, auth::DEFAULT_ISSUER, auth::DEFAULT_ISSUER)?;
@@ -272,6 +277,3 @@ impl Driver for GrpcMix {
         Ok(())
     }
 }
-
-/// Shares `Served` between the measuring tasks.
-pub type SharedServed = Arc<Served>;

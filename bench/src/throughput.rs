@@ -568,7 +568,7 @@ pub async fn run(args: &ThroughputArgs) -> Result<Vec<Row>, BenchError> {
 
     if wants("grpc") {
         let served =
-            crate::served::Served::start(crate::served::Backend::Postgres, &args.database_url, setup)
+            crate::served::Served::start(crate::served::Backend::Postgres, &args.database_url, setup, false)
                 .await?;
         let result = async {
             let driver: Arc<dyn Driver> =

@@ -236,6 +236,29 @@ pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn EventStore>> {
 
 /// Starts the server and returns once it listens.
 pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
+    // Without an extra service, any service type stands for the absent one.
+    type Absent = pb::history_service_server::HistoryServiceServer<grpc::history::History>;
+    spawn_with_service::<Absent>(config, None).await
+}
+
+/// Starts the server like [`spawn`], with `extra` mounted beside the API's own services, behind
+/// the same bearer-token authentication and the same layers.
+///
+/// This is for programs that embed the server; the benchmark mounts a no-op RPC with it, to
+/// measure what authentication and transport alone cost next to an API call.
+pub async fn spawn_with_service<S>(config: ServerConfig, extra: Option<S>) -> Result<RunningServer>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     if config.tls.is_none() && !config.listen.ip().is_loopback() {
         return Err(Error::FailedPrecondition(format!(
             "refusing to listen in plain text on {}: plain text is for loopback only; give --tls-cert and --tls-key",
@@ -378,7 +401,8 @@ pub async fn spawn(config: ServerConfig) -> Result<RunningServer> {
         .add_service(guarded!(
             history_service_server::HistoryServiceServer,
             grpc::history::History(app.clone())
-        ));
+        ))
+        .add_optional_service(extra.map(|svc| InterceptedService::new(svc, auth.clone())));
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {

@@ -1,0 +1,326 @@
+//! Latencies over gRPC: `CheckPermission` beside a no-op RPC on the same server behind the same
+//! authentication, and read-your-writes (a command's response, then a read with its position as
+//! `min_position`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use onbehalf_proto::v1 as pb;
+use tonic::transport::Channel;
+
+use crate::seed::{designer_id, mix_account_id, mix_owner_id, MixSetup};
+use crate::served::{authorized, Backend, Served};
+use crate::throughput::percentile;
+use crate::BenchError;
+
+/// The no-op service's one method.
+const PING: &str = "/onbehalf.bench.Noop/Ping";
+
+/// A gRPC service whose one method, `Ping`, takes and answers an empty message and does nothing:
+/// mounted behind the API's authentication, it costs what the transport and the bearer-token
+/// check cost, and nothing else.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Noop;
+
+impl tonic::server::NamedService for Noop {
+    const NAME: &'static str = "onbehalf.bench.Noop";
+}
+
+struct Ping;
+
+impl tonic::server::UnaryService<()> for Ping {
+    type Response = ();
+    type Future = std::future::Ready<Result<tonic::Response<()>, tonic::Status>>;
+
+    fn call(&mut self, _request: tonic::Request<()>) -> Self::Future {
+        std::future::ready(Ok(tonic::Response::new(())))
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Noop {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(async move {
+            if request.uri().path() == PING {
+                let codec = tonic_prost::ProstCodec::<(), ()>::default();
+                Ok(tonic::server::Grpc::new(codec).unary(Ping, request).await)
+            } else {
+                Ok(tonic::Status::unimplemented("no such method").into_http())
+            }
+        })
+    }
+}
+
+async fn ping(channel: Channel, token: &str) -> Result<(), BenchError> {
+    let mut client = tonic::client::Grpc::new(channel);
+    client
+        .ready()
+        .await
+        .map_err(|e| BenchError::Setup(format!("channel: {e}")))?;
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    client
+        .unary(
+            authorized((), token)?,
+            http::uri::PathAndQuery::from_static(PING),
+            codec,
+        )
+        .await
+        .map_err(|e| BenchError::Setup(format!("Ping refused: {e}")))?;
+    Ok(())
+}
+
+/// p50, p99 and p99.9 in microseconds, and the number of calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quantiles {
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Calls measured.
+    pub calls: usize,
+}
+
+fn quantiles(mut latencies: Vec<Duration>) -> Quantiles {
+    latencies.sort_unstable();
+    Quantiles {
+        p50_us: percentile(&latencies, 0.50),
+        p99_us: percentile(&latencies, 0.99),
+        p999_us: percentile(&latencies, 0.999),
+        calls: latencies.len(),
+    }
+}
+
+/// One row of the permission-check table.
+#[derive(Debug, Clone)]
+pub struct CheckRow {
+    /// Which store the server runs on.
+    pub store: &'static str,
+    /// Concurrent callers.
+    pub callers: usize,
+    /// The no-op RPC.
+    pub noop: Quantiles,
+    /// `CheckPermission`.
+    pub check: Quantiles,
+}
+
+/// One row of the read-your-writes table.
+#[derive(Debug, Clone)]
+pub struct FreshRow {
+    /// Which store and read side.
+    pub store: &'static str,
+    /// The read with the command's position as `min_position`.
+    pub read: Quantiles,
+    /// The command before it.
+    pub command: Quantiles,
+}
+
+/// How long and how often.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Seconds per round and kind of call.
+    pub seconds: f64,
+    /// Rounds run first and not counted.
+    pub warmup: usize,
+    /// Rounds counted.
+    pub rounds: usize,
+    /// Read-your-writes samples.
+    pub fresh_samples: usize,
+}
+
+/// Calls `call` from `callers` tasks for `seconds`; the latencies of every call.
+async fn hammer<F, Fut>(callers: usize, seconds: f64, call: F) -> Result<Vec<Duration>, BenchError>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BenchError>> + Send,
+{
+    let call = Arc::new(call);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                call(caller, i).await?;
+                latencies.push(started.elapsed());
+                i += 1;
+            }
+            Ok::<_, BenchError>(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(
+            task.await
+                .map_err(|e| BenchError::Setup(format!("caller failed: {e}")))??,
+        );
+    }
+    Ok(all)
+}
+
+/// `CheckPermission` and the no-op at each caller count, alternating round by round so that
+/// both see the same machine.
+pub async fn permission_checks(
+    backend: Backend,
+    admin_url: &str,
+    setup: MixSetup,
+    callers: &[usize],
+    plan: Plan,
+) -> Result<Vec<CheckRow>, BenchError> {
+    let served = Served::start(backend, admin_url, setup, true).await?;
+    let result = async {
+        // A ticket desk asking about agency users, as internal systems do.
+        let token = Arc::new(served.token("service:tickets", Some("access:check"))?);
+        let channels = Arc::new(served.channels(8).await?);
+        let mut rows = Vec::new();
+        for &n in callers {
+            let (mut noop, mut check) = (Vec::new(), Vec::new());
+            for round in 0..plan.warmup + plan.rounds {
+                let (t, c) = (token.clone(), channels.clone());
+                let pinged = hammer(n, plan.seconds, move |caller, _| {
+                    let (t, channel) = (t.clone(), c[caller % c.len()].clone());
+                    async move { ping(channel, &t).await }
+                })
+                .await?;
+                let (t, c) = (token.clone(), channels.clone());
+                let accounts = setup.accounts;
+                let designers = setup.designers;
+                let checked = hammer(n, plan.seconds, move |caller, i| {
+                    let (t, channel) = (t.clone(), c[caller % c.len()].clone());
+                    let account = (caller * 7919 + i) % accounts;
+                    let user = designer_id(((caller + i) % designers) as u64);
+                    async move {
+                        let mut access = pb::access_service_client::AccessServiceClient::new(channel);
+                        access
+                            .check_permission(authorized(
+                                pb::CheckPermissionRequest {
+                                    account_id: mix_account_id(account).to_string(),
+                                    user_id: user.to_string(),
+                                    permission: pb::Permission::Tickets as i32,
+                                    min_position: 0,
+                                },
+                                &t,
+                            )?)
+                            .await
+                            .map_err(|e| BenchError::Setup(format!("CheckPermission: {e}")))?;
+                        Ok(())
+                    }
+                })
+                .await?;
+                if round >= plan.warmup {
+                    noop.extend(pinged);
+                    check.extend(checked);
+                }
+            }
+            let row = CheckRow {
+                store: backend_name(backend),
+                callers: n,
+                noop: quantiles(noop),
+                check: quantiles(check),
+            };
+            println!("  {} callers={n}: no-op {:?}, check {:?}", row.store, row.noop, row.check);
+            rows.push(row);
+        }
+        Ok::<_, BenchError>(rows)
+    }
+    .await;
+    served.stop().await?;
+    result
+}
+
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "embedded (SQLite)",
+        Backend::Postgres => "distributed (PostgreSQL)",
+    }
+}
+
+/// Read-your-writes: an owner invites an address, then lists the account's invitations with the
+/// invitation's position as `min_position`; the read's latency is the time from the command's
+/// response until the read model has the invitation and answers.
+pub async fn read_your_writes(
+    backend: Backend,
+    admin_url: &str,
+    setup: MixSetup,
+    plan: Plan,
+) -> Result<FreshRow, BenchError> {
+    let served = Served::start(backend, admin_url, setup, false).await?;
+    let result = async {
+        let channel = served.channels(1).await?.remove(0);
+        let mut invitations = pb::invitation_service_client::InvitationServiceClient::new(channel);
+        let warmup = plan.fresh_samples / 10 + 1;
+        let (mut reads, mut commands) = (Vec::new(), Vec::new());
+        for i in 0..warmup + plan.fresh_samples {
+            let account = i % setup.accounts;
+            let owner = served.token(&mix_owner_id(account).to_string(), None)?;
+            let started = Instant::now();
+            let invited = invitations
+                .invite_user(authorized(
+                    pb::InviteUserRequest {
+                        account_id: mix_account_id(account).to_string(),
+                        email: format!("fresh{i}@yourcompany.com"),
+                        permissions: vec![pb::Permission::Invoices as i32],
+                        full_access: false,
+                        request_id: format!("fresh-{i}"),
+                    },
+                    &owner,
+                )?)
+                .await
+                .map_err(|e| BenchError::Setup(format!("InviteUser: {e}")))?
+                .into_inner();
+            let answered = Instant::now();
+            let listed = invitations
+                .list_invitations(authorized(
+                    pb::ListInvitationsRequest {
+                        account_id: mix_account_id(account).to_string(),
+                        min_position: invited.position,
+                        ..Default::default()
+                    },
+                    &owner,
+                )?)
+                .await
+                .map_err(|e| BenchError::Setup(format!("ListInvitations: {e}")))?
+                .into_inner();
+            let read = answered.elapsed();
+            let wanted = invited.invitation.map(|inv| inv.invitation_id);
+            if !listed
+                .invitations
+                .iter()
+                .any(|inv| Some(&inv.invitation_id) == wanted.as_ref())
+            {
+                return Err(BenchError::Setup(
+                    "a read at the command's position did not show its invitation".into(),
+                ));
+            }
+            if i >= warmup {
+                reads.push(read);
+                commands.push(answered - started);
+            }
+        }
+        let row = FreshRow {
+            store: backend_name(backend),
+            read: quantiles(reads),
+            command: quantiles(commands),
+        };
+        println!("  {}: read {:?}, command {:?}", row.store, row.read, row.command);
+        Ok::<_, BenchError>(row)
+    }
+    .await;
+    served.stop().await?;
+    result
+}
