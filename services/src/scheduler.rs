@@ -204,7 +204,10 @@ impl Scheduler {
         for account_id in models.billing.billed_accounts() {
             let services = models.billing.services(account_id);
             let invoices = models.billing.invoices(account_id);
-            for service in services.iter().filter(|s| s.status == ServiceStatus::Active) {
+            for service in services
+                .iter()
+                .filter(|s| s.status == ServiceStatus::Active)
+            {
                 let period_start = service.next_due_date;
                 let billed = invoices.iter().any(|i| {
                     i.service_id == service.service_id
@@ -356,10 +359,20 @@ pub struct ScheduleArgs {
     #[arg(long, default_value_t = 14, env = "ONBEHALF_RENEWAL_LEAD_DAYS")]
     pub renewal_lead_days: u32,
     /// Days before an unpaid invoice's due date reminders go out, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "7", env = "ONBEHALF_REMIND_DAYS_BEFORE")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "7",
+        env = "ONBEHALF_REMIND_DAYS_BEFORE"
+    )]
     pub remind_days_before: Vec<u32>,
     /// Days after an unpaid invoice's due date reminders go out, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "3,10", env = "ONBEHALF_REMIND_DAYS_AFTER")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "3,10",
+        env = "ONBEHALF_REMIND_DAYS_AFTER"
+    )]
     pub remind_days_after: Vec<u32>,
     /// Days after an unpaid due date the service is suspended; 0 turns suspension off.
     #[arg(long, default_value_t = 14, env = "ONBEHALF_SUSPEND_AFTER_DAYS")]

@@ -173,9 +173,10 @@ async fn converse(
             "RCPT" => {
                 let recipient = angle(&command);
                 let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
-                let refusal = guard.refusals.iter_mut().find(|r| {
-                    r.recipient == recipient && r.times.is_none_or(|left| left > 0)
-                });
+                let refusal = guard
+                    .refusals
+                    .iter_mut()
+                    .find(|r| r.recipient == recipient && r.times.is_none_or(|left| left > 0));
                 match refusal {
                     Some(refusal) => {
                         if let Some(left) = &mut refusal.times {
@@ -381,9 +382,13 @@ pub async fn mailer(
 ) -> Mailer {
     let (store, _) = log_of(server).await;
     let (_appended, appended_rx) = tokio::sync::watch::channel(0);
-    let read = ReadSide::start(store.clone(), ReadModels::new(invitation_links(server)), appended_rx)
-        .await
-        .expect("the read models fold");
+    let read = ReadSide::start(
+        store.clone(),
+        ReadModels::new(invitation_links(server)),
+        appended_rx,
+    )
+    .await
+    .expect("the read models fold");
     let config = MailerConfig {
         name: name.into(),
         interval: Duration::from_millis(20),

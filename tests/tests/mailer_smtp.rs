@@ -5,7 +5,7 @@
 use onbehalf::mailer::{DeliveryStatus, Templates};
 use onbehalf_proto::v1 as pb;
 use onbehalf_tests::mail::{self, MailSink, ReceivedMail};
-use onbehalf_tests::{request_id, Person, TestServer, HOSTING_ANNUAL_MINOR};
+use onbehalf_tests::{on_both_backends, request_id, Person, TestServer, HOSTING_ANNUAL_MINOR};
 
 /// ABC Company with its owner, an annual hosting order for abc.co.tz and the order's invoice.
 struct Abc {
@@ -64,10 +64,10 @@ fn sorted(mut mails: Vec<ReceivedMail>) -> Vec<(Vec<String>, String, String)> {
     out
 }
 
-#[tokio::test]
-async fn every_notification_is_mailed_once_across_concurrent_mailers_and_restarts() {
-    let server = TestServer::sqlite().await;
-    let abc = abc_with_contacts(&server, &[("ABC Accounts", "accounts@abc.co.tz")]).await;
+on_both_backends!(mailed_once => every_notification_is_mailed_once_across_concurrent_mailers_and_restarts_on_sqlite, every_notification_is_mailed_once_across_concurrent_mailers_and_restarts_on_postgres);
+
+async fn mailed_once(server: &TestServer) {
+    let abc = abc_with_contacts(server, &[("ABC Accounts", "accounts@abc.co.tz")]).await;
     abc.owner
         .billing()
         .pay_invoice(pb::PayInvoiceRequest {
@@ -81,8 +81,8 @@ async fn every_notification_is_mailed_once_across_concurrent_mailers_and_restart
         .expect("the owner pays");
     let sink = MailSink::start().await;
 
-    let first = mail::mailer(&server, &sink, "mailer-a", Templates::built_in()).await;
-    let second = mail::mailer(&server, &sink, "mailer-b", Templates::built_in()).await;
+    let first = mail::mailer(server, &sink, "mailer-a", Templates::built_in()).await;
+    let second = mail::mailer(server, &sink, "mailer-b", Templates::built_in()).await;
     let (a, b) = tokio::join!(first.pass(), second.pass());
     let (a, b) = (a.expect("a pass"), b.expect("a pass"));
 
@@ -125,7 +125,11 @@ async fn every_notification_is_mailed_once_across_concurrent_mailers_and_restart
         },
     ]);
     assert_eq!(sorted(sink.received()), expected);
-    assert_eq!(a.sent + b.sent, 5, "each mail was sent by exactly one mailer");
+    assert_eq!(
+        a.sent + b.sent,
+        5,
+        "each mail was sent by exactly one mailer"
+    );
 
     // Each Message-ID names its notification, so the five are distinct.
     let mut ids: Vec<String> = sink.received().into_iter().map(|m| m.message_id).collect();
@@ -136,24 +140,28 @@ async fn every_notification_is_mailed_once_across_concurrent_mailers_and_restart
 
     // A mailer started again on the same log sends nothing more.
     drop((first, second));
-    let restarted = mail::mailer(&server, &sink, "mailer-c", Templates::built_in()).await;
+    let restarted = mail::mailer(server, &sink, "mailer-c", Templates::built_in()).await;
     let again = restarted.pass().await.expect("a pass");
     assert_eq!((again.sent, again.retried, again.failed), (0, 0, 0));
     assert_eq!(sink.received().len(), 5);
 }
 
-#[tokio::test]
-async fn a_temporary_refusal_is_retried_after_its_pause_and_a_permanent_one_is_recorded() {
-    let server = TestServer::sqlite().await;
+on_both_backends!(refusals => a_temporary_refusal_is_retried_after_its_pause_and_a_permanent_one_is_recorded_on_sqlite, a_temporary_refusal_is_retried_after_its_pause_and_a_permanent_one_is_recorded_on_postgres);
+
+async fn refusals(server: &TestServer) {
     let abc = abc_with_contacts(
         &server,
         &[("Later", "later@abc.co.tz"), ("Nobody", "nobody@abc.co.tz")],
     )
     .await;
     let sink = MailSink::start().await;
-    sink.refuse("later@abc.co.tz", "451 4.3.0 mailbox busy, try later", Some(1));
+    sink.refuse(
+        "later@abc.co.tz",
+        "451 4.3.0 mailbox busy, try later",
+        Some(1),
+    );
     sink.refuse("nobody@abc.co.tz", "550 5.1.1 no such mailbox", None);
-    let mailer = mail::mailer(&server, &sink, "mailer-a", Templates::built_in()).await;
+    let mailer = mail::mailer(server, &sink, "mailer-a", Templates::built_in()).await;
 
     let first = mailer.pass().await.expect("a pass");
     assert_eq!((first.sent, first.retried, first.failed), (2, 1, 1));
@@ -207,22 +215,31 @@ async fn a_temporary_refusal_is_retried_after_its_pause_and_a_permanent_one_is_r
             .map(|n| n.notification_id.parse().expect("a uuid"))
             .expect("a notification for the recipient")
     };
-    let state = mail::delivery_state(&server).await;
+    let state = mail::delivery_state(server).await;
     let later = state
         .delivery(id_of("later@abc.co.tz"))
         .await
         .expect("readable")
         .expect("recorded");
     assert_eq!((later.status, later.attempts), (DeliveryStatus::Sent, 2));
-    assert!(later.last_error.as_deref().is_some_and(|e| e.contains("451")));
+    assert!(later
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("451")));
     let nobody = state
         .delivery(id_of("nobody@abc.co.tz"))
         .await
         .expect("readable")
         .expect("recorded");
-    assert_eq!((nobody.status, nobody.attempts), (DeliveryStatus::Failed, 1));
+    assert_eq!(
+        (nobody.status, nobody.attempts),
+        (DeliveryStatus::Failed, 1)
+    );
     assert!(
-        nobody.last_error.as_deref().is_some_and(|e| e.contains("550")),
+        nobody
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("550")),
         "{:?}",
         nobody.last_error
     );

@@ -11,8 +11,8 @@ use onbehalf::scheduler::SchedulerConfig;
 use onbehalf_proto::v1 as pb;
 use onbehalf_tests::mail::{self, MailSink};
 use onbehalf_tests::{
-    request_id, Person, TestServer, DESIGNER, DOMAIN_ANNUAL_MINOR, HOSTING_ANNUAL_MINOR,
-    HOSTING_MONTHLY_MINOR,
+    on_both_backends, request_id, Person, TestServer, DESIGNER, DOMAIN_ANNUAL_MINOR,
+    HOSTING_ANNUAL_MINOR, HOSTING_MONTHLY_MINOR,
 };
 
 const ABC: (&str, &str) = ("ABC Company", "admin@abc.co.tz");
@@ -68,9 +68,11 @@ fn cycle(due: NaiveDate, not_before: NaiveDate, pay_on: NaiveDate) -> (Vec<Fact>
     let mut suspended = false;
     let mut t = issued + chrono::Duration::days(1);
     while t <= paid {
-        let applicable = REMIND.iter().rev().copied().find(|o| {
-            t >= due + chrono::Duration::days(i64::from(*o)) && (*o >= 0 || t < due)
-        });
+        let applicable = REMIND
+            .iter()
+            .rev()
+            .copied()
+            .find(|o| t >= due + chrono::Duration::days(i64::from(*o)) && (*o >= 0 || t < due));
         if let Some(o) = applicable.filter(|o| !reminded.contains(o)) {
             reminded.push(o);
             facts.push(Fact::Reminder(o));
@@ -154,9 +156,12 @@ async fn pay(payer: &Person, account_id: &str, invoice: &pb::Invoice, reference:
         .expect("the payment is accepted");
 }
 
-#[tokio::test]
-async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
-    let server = TestServer::sqlite().await;
+on_both_backends!(
+    year_of_renewals => a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail_on_sqlite,
+    a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail_on_postgres
+);
+
+async fn year_of_renewals(server: &TestServer) {
     let catalogue = server.seed_catalogue().await;
     let designer = server.register(DESIGNER, "Web Designer").await;
 
@@ -184,8 +189,20 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
         .await
         .expect("the designer opts into Star's invoices");
     for (owner, account_id, name, email, category) in [
-        (&new_life_owner, &new_life_id, "Pastor", PASTOR, pb::ContactCategory::ContactProduct),
-        (&green_owner, &green_id, "Accounts", GREEN_ACCOUNTS, pb::ContactCategory::ContactInvoice),
+        (
+            &new_life_owner,
+            &new_life_id,
+            "Pastor",
+            PASTOR,
+            pb::ContactCategory::ContactProduct,
+        ),
+        (
+            &green_owner,
+            &green_id,
+            "Accounts",
+            GREEN_ACCOUNTS,
+            pb::ContactCategory::ContactInvoice,
+        ),
     ] {
         owner
             .accounts()
@@ -220,7 +237,13 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
     };
     let hosting = &catalogue.hosting_product_id;
     let abc_order = order(&abc_id, hosting, "abc.co.tz", pb::BillingCycle::Annually).await;
-    let new_life_order = order(&new_life_id, hosting, "newlife.or.tz", pb::BillingCycle::Monthly).await;
+    let new_life_order = order(
+        &new_life_id,
+        hosting,
+        "newlife.or.tz",
+        pb::BillingCycle::Monthly,
+    )
+    .await;
     let star_order = order(
         &star_id,
         &catalogue.domain_product_id,
@@ -228,7 +251,13 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
         pb::BillingCycle::Annually,
     )
     .await;
-    let green_order = order(&green_id, hosting, "greenfarm.co.tz", pb::BillingCycle::Monthly).await;
+    let green_order = order(
+        &green_id,
+        hosting,
+        "greenfarm.co.tz",
+        pb::BillingCycle::Monthly,
+    )
+    .await;
 
     let clients = [
         Client {
@@ -267,7 +296,13 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
     for client in &clients {
         let unpaid = invoices(&client.payer, &client.account_id).await;
         assert_eq!(unpaid.len(), 1);
-        pay(&client.payer, &client.account_id, &unpaid[0], format!("MPESA-{}-0", client.name)).await;
+        pay(
+            &client.payer,
+            &client.account_id,
+            &unpaid[0],
+            format!("MPESA-{}-0", client.name),
+        )
+        .await;
     }
 
     // When each client pays a renewal, as days from its due date: on time, except New Life
@@ -293,8 +328,8 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
         suspend_after_days: Some(SUSPEND_AFTER as u32),
         ..SchedulerConfig::default()
     };
-    let first = mail::scheduler(&server, config.clone()).await;
-    let mut second = mail::scheduler(&server, config.clone()).await;
+    let first = mail::scheduler(server, config.clone()).await;
+    let mut second = mail::scheduler(server, config.clone()).await;
     let sink = MailSink::start().await;
     let end = day(2026, 3, 31);
     let mut today = start;
@@ -305,7 +340,7 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
 
         // Two replicas pass at the same moment; one of them is restarted in the middle.
         if today == day(2025, 9, 15) {
-            second = mail::scheduler(&server, config.clone()).await;
+            second = mail::scheduler(server, config.clone()).await;
         }
         let (a, b) = tokio::join!(first.scheduler.pass(), second.scheduler.pass());
         assert_eq!(a.expect("a pass").failed, 0);
@@ -347,18 +382,24 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
                     due + chrono::Duration::days(delay(client, due))
                 };
                 if today >= pay_on {
-                    pay(&client.payer, &client.account_id, &invoice, format!("MPESA-{}-{due}", client.name)).await;
+                    pay(
+                        &client.payer,
+                        &client.account_id,
+                        &invoice,
+                        format!("MPESA-{}-{due}", client.name),
+                    )
+                    .await;
                 }
             }
         }
 
         // The mailer runs once in the middle of the year, then a new one at the end.
         if today == day(2025, 10, 1) {
-            let mailer = mail::mailer(&server, &sink, "mailer-1", Templates::built_in()).await;
+            let mailer = mail::mailer(server, &sink, "mailer-1", Templates::built_in()).await;
             mid_year_sent = mailer.pass().await.expect("a pass").sent;
         }
     }
-    let mailer = mail::mailer(&server, &sink, "mailer-2", Templates::built_in()).await;
+    let mailer = mail::mailer(server, &sink, "mailer-2", Templates::built_in()).await;
     let final_report = mailer.pass().await.expect("a pass");
     assert_eq!(final_report.failed, 0);
     assert!(mid_year_sent > 0);
@@ -376,7 +417,10 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
         push(DESIGNER, joined);
     }
     let mut suspensions = 0;
-    for (client, email) in clients.iter().zip([ABC.1, NEW_LIFE.1, STAR.1, GREEN_FARM.1]) {
+    for (client, email) in clients
+        .iter()
+        .zip([ABC.1, NEW_LIFE.1, STAR.1, GREEN_FARM.1])
+    {
         let numbers: Vec<u64> = invoices(&client.payer, &client.account_id)
             .await
             .iter()
@@ -407,9 +451,15 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
             client.name
         );
 
-        push(email, format!("New service for {}: {}", client.name, client.label));
+        push(
+            email,
+            format!("New service for {}: {}", client.name, client.label),
+        );
         if client.name == NEW_LIFE.0 {
-            push(PASTOR, format!("New service for {}: {}", client.name, client.label));
+            push(
+                PASTOR,
+                format!("New service for {}: {}", client.name, client.label),
+            );
         }
         for (facts, number) in cycles.iter().zip(&numbers) {
             for fact in facts {
@@ -448,10 +498,15 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
     // except ABC's, which its designer asked for.
     let events = server.stored_events().await;
     let count = |t: &str| events.iter().filter(|e| e.event_type == t).count();
-    assert_eq!((count("ServiceSuspended"), count("ServiceUnsuspended")), (1, 1));
+    assert_eq!(
+        (count("ServiceSuspended"), count("ServiceUnsuspended")),
+        (1, 1)
+    );
     let system_issued = events
         .iter()
-        .filter(|e| e.event_type == "InvoiceIssued" && e.metadata.actor == onbehalf_events::Actor::System)
+        .filter(|e| {
+            e.event_type == "InvoiceIssued" && e.metadata.actor == onbehalf_events::Actor::System
+        })
         .count();
     assert_eq!(system_issued, 13 + 13 + 1);
     let abc_renewal = invoices(&designer, &abc_id).await;
@@ -460,5 +515,9 @@ async fn a_year_of_renewals_fills_each_mailbox_with_exactly_its_own_mail() {
         abc_renewal[1].issued_on.as_ref().map(to_date),
         Some(abc_early_renewal)
     );
-    let _ = (HOSTING_ANNUAL_MINOR, HOSTING_MONTHLY_MINOR, DOMAIN_ANNUAL_MINOR);
+    let _ = (
+        HOSTING_ANNUAL_MINOR,
+        HOSTING_MONTHLY_MINOR,
+        DOMAIN_ANNUAL_MINOR,
+    );
 }

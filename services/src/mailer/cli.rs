@@ -42,7 +42,12 @@ pub struct MailerArgs {
     #[arg(long, env = "ONBEHALF_SMTP_PORT")]
     pub smtp_port: Option<u16>,
     /// How the connection to the relay is secured.
-    #[arg(long, value_enum, default_value = "starttls", env = "ONBEHALF_SMTP_SECURITY")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "starttls",
+        env = "ONBEHALF_SMTP_SECURITY"
+    )]
     pub smtp_security: SmtpSecurity,
     /// User name for the relay, when it wants one.
     #[arg(long, env = "ONBEHALF_SMTP_USERNAME", requires = "smtp_password_file")]

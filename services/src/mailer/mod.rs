@@ -223,7 +223,11 @@ impl Mailer {
     /// One pass: waits for the read models to reach the head of the log, then attempts every
     /// notification that is not finished, not claimed by another mailer and due.
     pub async fn pass(&self) -> Result<MailerReport, MailerError> {
-        let head = self.store.head_position().await.map_err(crate::error::Error::from)?;
+        let head = self
+            .store
+            .head_position()
+            .await
+            .map_err(crate::error::Error::from)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let from_position = self.config.from_position;
         let pending: Vec<Notification> = {
@@ -350,7 +354,10 @@ fn transport(smtp: &SmtpSettings) -> Result<AsyncSmtpTransport<Tokio1Executor>, 
                     MailerError::Settings(format!("cannot read {}: {e}", path.display()))
                 })?;
                 let ca = Certificate::from_pem(&pem).map_err(|e| {
-                    MailerError::Settings(format!("{} is not a PEM certificate: {e}", path.display()))
+                    MailerError::Settings(format!(
+                        "{} is not a PEM certificate: {e}",
+                        path.display()
+                    ))
                 })?;
                 params = params.add_root_certificate(ca);
             }

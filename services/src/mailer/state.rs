@@ -149,7 +149,8 @@ pub struct SqliteDeliveryState {
 
 impl std::fmt::Debug for SqliteDeliveryState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteDeliveryState").finish_non_exhaustive()
+        f.debug_struct("SqliteDeliveryState")
+            .finish_non_exhaustive()
     }
 }
 
@@ -263,7 +264,10 @@ impl DeliveryState for SqliteDeliveryState {
                 rows.collect()
             })
             .await?;
-        Ok(ids.iter().filter_map(|id| Uuid::parse_str(id).ok()).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect())
     }
 
     async fn delivery(&self, notification_id: Uuid) -> StateResult<Option<Delivery>> {

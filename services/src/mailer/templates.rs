@@ -7,9 +7,18 @@ use onbehalf_projections::Notification;
 
 /// The templates built into the binary: the repository's `templates/` directory.
 const BUILT_IN: &[(&str, &str)] = &[
-    ("invitation", include_str!("../../../templates/invitation.txt")),
-    ("member_joined", include_str!("../../../templates/member_joined.txt")),
-    ("member_removed", include_str!("../../../templates/member_removed.txt")),
+    (
+        "invitation",
+        include_str!("../../../templates/invitation.txt"),
+    ),
+    (
+        "member_joined",
+        include_str!("../../../templates/member_joined.txt"),
+    ),
+    (
+        "member_removed",
+        include_str!("../../../templates/member_removed.txt"),
+    ),
     (
         "permissions_granted",
         include_str!("../../../templates/permissions_granted.txt"),
@@ -22,8 +31,14 @@ const BUILT_IN: &[(&str, &str)] = &[
         "ownership_transferred",
         include_str!("../../../templates/ownership_transferred.txt"),
     ),
-    ("service_ordered", include_str!("../../../templates/service_ordered.txt")),
-    ("service_renewed", include_str!("../../../templates/service_renewed.txt")),
+    (
+        "service_ordered",
+        include_str!("../../../templates/service_ordered.txt"),
+    ),
+    (
+        "service_renewed",
+        include_str!("../../../templates/service_renewed.txt"),
+    ),
     (
         "service_cancelled",
         include_str!("../../../templates/service_cancelled.txt"),
@@ -36,9 +51,18 @@ const BUILT_IN: &[(&str, &str)] = &[
         "service_unsuspended",
         include_str!("../../../templates/service_unsuspended.txt"),
     ),
-    ("invoice_issued", include_str!("../../../templates/invoice_issued.txt")),
-    ("payment_received", include_str!("../../../templates/payment_received.txt")),
-    ("payment_reminder", include_str!("../../../templates/payment_reminder.txt")),
+    (
+        "invoice_issued",
+        include_str!("../../../templates/invoice_issued.txt"),
+    ),
+    (
+        "payment_received",
+        include_str!("../../../templates/payment_received.txt"),
+    ),
+    (
+        "payment_reminder",
+        include_str!("../../../templates/payment_reminder.txt"),
+    ),
 ];
 
 /// Why templates could not be loaded.
