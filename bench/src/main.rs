@@ -22,6 +22,7 @@ use tokio_postgres::NoTls;
 
 mod audit_export;
 mod latency;
+mod memory;
 mod replay;
 mod seed;
 mod served;
@@ -66,7 +67,12 @@ enum Command {
     Throughput(throughput::ThroughputArgs),
     /// CheckPermission beside a no-op RPC behind the same authentication, and read-your-writes.
     Latency(LatencyArgs),
-    /// Every benchmark in turn (throughput, latency, replay), one table each.
+    /// Peak resident memory of a server holding client accounts with their members.
+    Memory(memory::MemoryArgs),
+    /// Used by `memory`: start the server on a data directory, report memory, exit.
+    #[command(hide = true)]
+    MemoryServe(memory::ServeArgs),
+    /// Every benchmark in turn (throughput, latency, replay, memory), one table each.
     All(AllArgs),
 }
 
@@ -149,6 +155,16 @@ fn main() -> std::process::ExitCode {
         Command::Throughput(args) => runtime.block_on(throughput_bench(args)),
         Command::Latency(args) => runtime.block_on(latency_bench(args)),
         Command::All(args) => runtime.block_on(all_bench(args)),
+        Command::Memory(args) => runtime.block_on(async {
+            println!("# onbehalf-bench memory");
+            println!();
+            println!("machine: {}", machine());
+            let rows = memory::run(&args).await?;
+            println!();
+            memory::print(&rows);
+            Ok(())
+        }),
+        Command::MemoryServe(args) => runtime.block_on(memory::serve(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -293,6 +309,16 @@ async fn all_bench(args: AllArgs) -> Result<(), BenchError> {
         database_url: args.database_url.clone(),
     })
     .await?;
+    println!();
+    println!("## Memory");
+    let rows = memory::run(&memory::MemoryArgs {
+        accounts: vec![10_000, 30_000, 100_000],
+        members: 3,
+        quick: args.quick,
+    })
+    .await?;
+    println!();
+    memory::print(&rows);
     println!();
     println!("load average at end: {}", load_average());
     println!("whole run: {:.0} s", started.elapsed().as_secs_f64());

@@ -667,3 +667,84 @@ pub async fn seed_mix(
     }
     Ok(())
 }
+
+/// Writes `accounts` client accounts into an empty store, each created by its owner and joined
+/// by `members` agency users (invited with full access and accepted), drawn from a pool of
+/// one agency user per ten accounts; one append per account and per user. Returns the events
+/// written.
+pub async fn seed_members(
+    store: &dyn EventStore,
+    accounts: usize,
+    members: usize,
+) -> Result<u64, BenchError> {
+    let at = Utc::now();
+    let pool = (accounts / 10).max(members).max(1);
+    let mut events = 0u64;
+    for d in 0..pool {
+        let batch = user_batch(designer_id(d as u64), &mix_designer_email(d), "Web Designer")?;
+        append(store, batch, at).await?;
+        events += 1;
+    }
+    for a in 0..accounts {
+        let k = a as u64;
+        let owner = owner_id(k);
+        append(
+            store,
+            user_batch(owner, &format!("owner@client{k}.co.tz"), "Owner")?,
+            at,
+        )
+        .await?;
+        let account = account_id(k);
+        let mut metadata = Metadata::new(Actor::User(owner));
+        metadata.on_behalf_of = Some(account);
+        let mut batch_events = vec![event(
+            &AccountEvent::AccountCreated {
+                account_id: account,
+                name: parse("name", Name::parse(&format!("Client {k} Ltd")))?,
+                email: parse("email", Email::parse(&format!("billing@client{k}.co.tz")))?,
+                owner_user_id: owner,
+            },
+            metadata.clone(),
+            false,
+        )?];
+        for m in 0..members {
+            let d = (a * 7 + m * 3) % pool;
+            let invitation_id = id(1, k, m as u64 + 1);
+            batch_events.push(event(
+                &AccountEvent::UserInvited {
+                    invitation_id,
+                    email: parse("email", Email::parse(&mix_designer_email(d)))?,
+                    permissions: PermissionSet::full(),
+                    expires_at: at + Duration::days(7),
+                    invited_by: owner,
+                },
+                metadata.clone(),
+                false,
+            )?);
+            let mut accepted = Metadata::new(Actor::User(designer_id(d as u64)));
+            accepted.on_behalf_of = Some(account);
+            batch_events.push(event(
+                &AccountEvent::InvitationAccepted {
+                    invitation_id,
+                    user_id: designer_id(d as u64),
+                    permissions: PermissionSet::full(),
+                },
+                accepted,
+                false,
+            )?);
+        }
+        events += 1 + batch_events.len() as u64;
+        append(
+            store,
+            Batch {
+                stream_id: account_stream(account),
+                stream_type: stream_type::CLIENT_ACCOUNT,
+                events: batch_events,
+                reservations: Vec::new(),
+            },
+            at,
+        )
+        .await?;
+    }
+    Ok(events)
+}
