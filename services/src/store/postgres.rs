@@ -94,16 +94,21 @@ pub struct PostgresOptions {
     pub connect_timeout: Duration,
     /// How long a call waits for a free connection before failing as unavailable.
     pub wait_timeout: Duration,
+    /// The longest one store call (a read, or an append with its transaction) may take before
+    /// it fails as unavailable, for a server that accepts connections and data but never
+    /// answers (a stopped process, a wedged host).
+    pub call_timeout: Duration,
 }
 
 impl Default for PostgresOptions {
     /// 16 connections; 5 s to connect or to wait for a connection, so that a call against a
-    /// server that is down fails quickly instead of hanging.
+    /// server that is down fails quickly instead of hanging; 10 s for a whole call.
     fn default() -> Self {
         Self {
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -116,6 +121,7 @@ impl Default for PostgresOptions {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    call_timeout: Duration,
     committer: Arc<group::Committer>,
 }
 
@@ -166,8 +172,8 @@ impl PostgresStore {
         config.options(session_options);
         // Keepalives and the user timeout let a connection whose server vanished without
         // closing it (a network partition) fail instead of waiting forever.
-        // LIMITATION: there is no per-call deadline; a server whose host still acknowledges TCP
-        // but whose process never answers (stopped, wedged) holds a call indefinitely.
+        // A server whose host still acknowledges TCP but whose process never answers (stopped,
+        // wedged) defeats both; the per-call deadline (`call_timeout`) covers that case.
         config
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
@@ -195,6 +201,7 @@ impl PostgresStore {
 
         let store = PostgresStore {
             pool,
+            call_timeout: options.call_timeout,
             committer: Arc::default(),
         };
         store.migrate().await?;
@@ -228,6 +235,32 @@ impl PostgresStore {
         results
             .pop()
             .unwrap_or_else(|| Err(StoreError::Backend("the group answered nothing".into())))
+    }
+
+    /// Runs one store call under the per-call deadline; past it the call fails as
+    /// [`StoreError::Unavailable`]. An append cut off there may still commit, exactly as when
+    /// its connection drops: the caller's request id makes its retry safe.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        // The call, and the connection it held, are dropped at the end of this statement.
+        let outcome = tokio::time::timeout(self.call_timeout, call).await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                // A connection given up on mid-call may be left inside a transaction or behind
+                // an unanswered query; the idle ones are closed so that none is handed out again.
+                self.pool.retain(|_, _| false);
+                Err(StoreError::Unavailable(
+                    format!(
+                        "PostgreSQL did not answer within {} ms",
+                        self.call_timeout.as_millis()
+                    )
+                    .into(),
+                ))
+            }
+        }
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
@@ -411,31 +444,37 @@ impl EventReader for PostgresStore {
         stream_id: &str,
         after_version: u64,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 \
-                 ORDER BY version"
-            ))
-            .await
-            .map_err(map_err)?;
-        let rows = client
-            .query(&stmt, &[&stream_id, &to_sql_int(after_version)])
-            .await
-            .map_err(map_err)?;
-        let mut events = rows
-            .iter()
-            .map(decode_event)
-            .collect::<StoreResult<Vec<_>>>()?;
-        super::keys::postgres::open(&client, &mut events).await?;
-        Ok(events)
+        self.bounded(async move {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 \
+                     ORDER BY version"
+                ))
+                .await
+                .map_err(map_err)?;
+            let rows = client
+                .query(&stmt, &[&stream_id, &to_sql_int(after_version)])
+                .await
+                .map_err(map_err)?;
+            let mut events = rows
+                .iter()
+                .map(decode_event)
+                .collect::<StoreResult<Vec<_>>>()?;
+            super::keys::postgres::open(&client, &mut events).await?;
+            Ok(events)
+        })
+        .await
     }
 
     async fn read_all(&self, after_position: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
-        let mut events = self.read_all_sealed(after_position, limit).await?;
-        let client = self.client().await?;
-        super::keys::postgres::open(&client, &mut events).await?;
-        Ok(events)
+        self.bounded(async move {
+            let mut events = self.read_all_sealed(after_position, limit).await?;
+            let client = self.client().await?;
+            super::keys::postgres::open(&client, &mut events).await?;
+            Ok(events)
+        })
+        .await
     }
 
     async fn read_all_sealed(
@@ -443,34 +482,40 @@ impl EventReader for PostgresStore {
         after_position: u64,
         limit: usize,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
-            ))
-            .await
-            .map_err(map_err)?;
-        let rows = client
-            .query(&stmt, &[&to_sql_int(after_position), &limit])
-            .await
-            .map_err(map_err)?;
-        rows.iter().map(decode_event).collect()
+        self.bounded(async move {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+                ))
+                .await
+                .map_err(map_err)?;
+            let rows = client
+                .query(&stmt, &[&to_sql_int(after_position), &limit])
+                .await
+                .map_err(map_err)?;
+            rows.iter().map(decode_event).collect()
+        })
+        .await
     }
 
     async fn head_position(&self) -> StoreResult<u64> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT position FROM event_head WHERE singleton")
-            .await
-            .map_err(map_err)?;
-        let head: i64 = client
-            .query_one(&stmt, &[])
-            .await
-            .map_err(map_err)?
-            .try_get(0)
-            .map_err(corrupt)?;
-        to_u64(head, "head position")
+        self.bounded(async move {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached("SELECT position FROM event_head WHERE singleton")
+                .await
+                .map_err(map_err)?;
+            let head: i64 = client
+                .query_one(&stmt, &[])
+                .await
+                .map_err(map_err)?
+                .try_get(0)
+                .map_err(corrupt)?;
+            to_u64(head, "head position")
+        })
+        .await
     }
 }
 
@@ -478,7 +523,7 @@ impl EventReader for PostgresStore {
 impl EventAppender for PostgresStore {
     async fn append(&self, batch: AppendBatch) -> StoreResult<Appended> {
         super::check_batch(&batch)?;
-        self.committer.append(&self.pool, batch).await
+        self.bounded(self.committer.append(&self.pool, batch)).await
     }
 }
 
@@ -489,23 +534,29 @@ impl RequestLog for PostgresStore {
         actor: &str,
         request_id: &str,
     ) -> StoreResult<Option<RequestOutcome>> {
-        let client = self.client().await?;
-        find_request_in(&client, actor, request_id).await
+        self.bounded(async move {
+            let client = self.client().await?;
+            find_request_in(&client, actor, request_id).await
+        })
+        .await
     }
 }
 
 #[async_trait::async_trait]
 impl ReservationLookup for PostgresStore {
     async fn find_reservation(&self, scope: &str, key: &str) -> StoreResult<Option<String>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT stream_id FROM reservations WHERE scope = $1 AND key = $2")
-            .await
-            .map_err(map_err)?;
-        let row = client
-            .query_opt(&stmt, &[&scope, &key])
-            .await
-            .map_err(map_err)?;
-        row.map(|row| row.try_get(0).map_err(corrupt)).transpose()
+        self.bounded(async move {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached("SELECT stream_id FROM reservations WHERE scope = $1 AND key = $2")
+                .await
+                .map_err(map_err)?;
+            let row = client
+                .query_opt(&stmt, &[&scope, &key])
+                .await
+                .map_err(map_err)?;
+            row.map(|row| row.try_get(0).map_err(corrupt)).transpose()
+        })
+        .await
     }
 }
