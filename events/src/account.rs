@@ -255,6 +255,33 @@ pub enum AccountEvent {
         /// The nameservers, in order.
         nameservers: Vec<DomainName>,
     },
+    /// The provisioning system placed a hosting service on a control-panel server.
+    ServiceActivated {
+        /// The service.
+        service_id: Uuid,
+        /// The name of the server, as the provider's panel configuration knows it.
+        server: String,
+        /// The service's user name on that panel.
+        panel_username: String,
+    },
+    /// The actor opened a session in the control panel of a service. Neither the session URL
+    /// nor anything else secret is recorded.
+    ServiceLoginOpened {
+        /// The service.
+        service_id: Uuid,
+        /// The server whose panel opened the session.
+        server: String,
+    },
+    /// The actor was allowed to open the control panel of a service, but the panel did not
+    /// open a session.
+    ServiceLoginFailed {
+        /// The service.
+        service_id: Uuid,
+        /// The server whose panel was asked.
+        server: String,
+        /// Why, as a kind.
+        failure: PanelFailure,
+    },
     /// A contact was added to the account: someone who receives the account's mail of the
     /// given categories without being a user.
     ContactAdded {
@@ -323,6 +350,9 @@ impl EventSchema for AccountEvent {
             AccountEvent::ServiceRenewed { .. } => "ServiceRenewed",
             AccountEvent::ServiceCancelled { .. } => "ServiceCancelled",
             AccountEvent::NameserversUpdated { .. } => "NameserversUpdated",
+            AccountEvent::ServiceActivated { .. } => "ServiceActivated",
+            AccountEvent::ServiceLoginOpened { .. } => "ServiceLoginOpened",
+            AccountEvent::ServiceLoginFailed { .. } => "ServiceLoginFailed",
             AccountEvent::ContactAdded { .. } => "ContactAdded",
             AccountEvent::ContactRemoved { .. } => "ContactRemoved",
             AccountEvent::NotificationOptInsSet { .. } => "NotificationOptInsSet",

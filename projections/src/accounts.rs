@@ -512,7 +512,10 @@ impl AccountTree {
             | AccountEvent::NotificationOptInsSet { .. }
             | AccountEvent::PaymentReminderSent { .. }
             | AccountEvent::ServiceSuspended { .. }
-            | AccountEvent::ServiceUnsuspended { .. } => {}
+            | AccountEvent::ServiceUnsuspended { .. }
+            | AccountEvent::ServiceActivated { .. }
+            | AccountEvent::ServiceLoginOpened { .. }
+            | AccountEvent::ServiceLoginFailed { .. } => {}
         }
     }
 

@@ -339,7 +339,10 @@ impl BillingLedger {
             | AccountEvent::NotificationOptInsSet { .. }
             | AccountEvent::PaymentReminderSent { .. }
             | AccountEvent::ServiceSuspended { .. }
-            | AccountEvent::ServiceUnsuspended { .. } => {}
+            | AccountEvent::ServiceUnsuspended { .. }
+            | AccountEvent::ServiceActivated { .. }
+            | AccountEvent::ServiceLoginOpened { .. }
+            | AccountEvent::ServiceLoginFailed { .. } => {}
         }
     }
 

@@ -93,6 +93,9 @@ struct ServeArgs {
     /// A CA (PEM) whose certificates clients must present: mutual TLS.
     #[arg(long, env = "ONBEHALF_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// A TOML file naming the control-panel servers hosting services live on.
+    #[arg(long, env = "ONBEHALF_PANEL_SERVERS")]
+    panel_servers: Option<PathBuf>,
     /// A file holding the current time as an RFC 3339 instant, read on every use (for tests
     /// that move time); without it, the system clock.
     #[arg(long, env = "ONBEHALF_CLOCK_FILE")]
@@ -221,9 +224,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             client_ca: args.tls_client_ca,
         });
     }
+    let panel_servers = match &args.panel_servers {
+        Some(path) => {
+            let servers = onbehalf::panel::PanelServers::load(path).map_err(|e| e.to_string())?;
+            tracing::info!(servers = ?servers.names().collect::<Vec<_>>(), "control-panel servers configured");
+            servers
+        }
+        None => onbehalf::panel::PanelServers::default(),
+    };
     config.settings = Settings {
         invitation_ttl: chrono::Duration::days(i64::from(args.invitation_ttl_days)),
         max_wait: std::time::Duration::from_millis(args.max_wait_ms),
+        panel_servers,
         ..Settings::default()
     };
     let running = server::spawn(config).await.map_err(|e| e.to_string())?;

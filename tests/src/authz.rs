@@ -200,6 +200,15 @@ pub const TABLE: &[Rule] = &[
         [OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED, OK]),
     rule("HostingService", "ListServices", R, &[P::Products, P::Domains], None,
         [OK, OK, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED]),
+    // Only the provisioning system places a service on a panel server (`cp1` on the probe).
+    rule("HostingService", "ActivateService", M, &[], Some("services:provision"),
+        [DENIED, DENIED, DENIED, DENIED, DENIED, OK, DENIED, DENIED]),
+    // Needs PRODUCTS and PRODUCT_SSO together, which one permission per column cannot state:
+    // the member with full access stands for it here (`hosting_service_login.rs` has the rest).
+    // The probe's service is not placed on a panel server, so a caller let through is refused
+    // by that state and no panel is asked.
+    rule("HostingService", "CreateServiceLogin", M, &[], None,
+        [PRECONDITION, PRECONDITION, DENIED, DENIED, DENIED, DENIED, DENIED, PRECONDITION]),
 
     // BillingService
     rule("BillingService", "ListInvoices", R, &[P::Invoices], None,

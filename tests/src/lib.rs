@@ -17,6 +17,7 @@
 
 pub mod authz;
 pub mod mail;
+pub mod whm;
 
 use std::fmt;
 use std::future::Future;
@@ -65,6 +66,7 @@ pub const ALL_SCOPES: &[&str] = &[
     "audit:read",
     "access:check",
     "events:read",
+    "services:provision",
 ];
 
 /// The currency of the test catalogue.
@@ -153,7 +155,27 @@ impl TestServer {
         Some(Self::start(Backend::Postgres, Some(database)).await)
     }
 
+    /// As [`TestServer::sqlite`], with the configuration changed by `configure` before the
+    /// server starts (e.g. to give it control-panel servers).
+    pub async fn sqlite_with(configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        Self::start_with(Backend::Sqlite, None, configure).await
+    }
+
+    /// As [`TestServer::postgres`], with the configuration changed by `configure`.
+    pub async fn postgres_with(configure: impl FnOnce(&mut ServerConfig)) -> Option<TestServer> {
+        let database = postgres_test_database().await?;
+        Some(Self::start_with(Backend::Postgres, Some(database), configure).await)
+    }
+
     async fn start(backend: Backend, database: Option<TestDatabase>) -> TestServer {
+        Self::start_with(backend, database, |_| {}).await
+    }
+
+    async fn start_with(
+        backend: Backend,
+        database: Option<TestDatabase>,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
         let data_dir = TempDataDir::new();
         let clock = ManualClock::new(start_time());
         let mut config = ServerConfig::new(data_dir.path());
@@ -162,6 +184,7 @@ impl TestServer {
         config.clock = Arc::new(clock.clone());
         config.settings.max_wait = MAX_WAIT;
         config.max_message_bytes = MAX_MESSAGE_BYTES;
+        configure(&mut config);
 
         let running = server::spawn(config.clone())
             .await

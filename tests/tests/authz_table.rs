@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 
 use onbehalf_proto::v1 as pb;
 use onbehalf_tests::authz::{Kind, Role, Rule, ROLES, TABLE};
-use onbehalf_tests::{
-    full_access, on_both_backends, request_id, Catalogue, Clients, Person, TestServer, ALL_SCOPES,
-};
+use onbehalf_tests::{full_access, request_id, Catalogue, Clients, Person, TestServer, ALL_SCOPES};
 use prost::Message;
 use tonic::{Code, Status};
 
@@ -593,6 +591,26 @@ async fn call(
             .await
         }
 
+        ("HostingService", "ActivateService") => c
+            .hosting()
+            .activate_service(pb::ActivateServiceRequest {
+                account_id,
+                service_id: fx.hosting_service_id.clone(),
+                server: "cp1".into(),
+                panel_username: "abccotz".into(),
+                request_id: request_id(),
+            })
+            .await
+            .map(ok),
+        ("HostingService", "CreateServiceLogin") => c
+            .hosting()
+            .create_service_login(pb::CreateServiceLoginRequest {
+                account_id,
+                service_id: fx.hosting_service_id.clone(),
+            })
+            .await
+            .map(ok),
+
         (service, method) => panic!("no request is written for {service}/{method}"),
     }
 }
@@ -674,7 +692,37 @@ async fn every_rpc_answers_every_role_as_the_table_says(server: &TestServer) {
     );
 }
 
-on_both_backends!(every_rpc_answers_every_role_as_the_table_says => every_rpc_answers_every_role_as_the_table_says_on_sqlite, every_rpc_answers_every_role_as_the_table_says_on_postgres);
+/// A panel configuration naming `cp1`, so that ActivateService names a configured server. No
+/// row opens a panel: the probe's hosting service is never activated when CreateServiceLogin
+/// runs, so nothing connects to the (closed) loopback port it names.
+fn probe_panel_servers(dir: &std::path::Path) -> onbehalf::panel::PanelServers {
+    std::fs::write(dir.join("cp1.token"), "AUTHZPROBETOKEN").expect("the token is written");
+    onbehalf::panel::PanelServers::parse(
+        "[servers.cp1]\nhostname = \"localhost\"\nport = 9\ntoken_file = \"cp1.token\"\n",
+        dir,
+    )
+    .expect("a valid panel configuration")
+}
+
+#[tokio::test]
+async fn every_rpc_answers_every_role_as_the_table_says_on_sqlite() {
+    let dir = onbehalf::testing::TempDataDir::new();
+    let panels = probe_panel_servers(dir.path());
+    let server = TestServer::sqlite_with(|config| config.settings.panel_servers = panels).await;
+    every_rpc_answers_every_role_as_the_table_says(&server).await;
+}
+
+#[tokio::test]
+async fn every_rpc_answers_every_role_as_the_table_says_on_postgres() {
+    let dir = onbehalf::testing::TempDataDir::new();
+    let panels = probe_panel_servers(dir.path());
+    let Some(server) =
+        TestServer::postgres_with(|config| config.settings.panel_servers = panels).await
+    else {
+        return;
+    };
+    every_rpc_answers_every_role_as_the_table_says(&server).await;
+}
 
 /// Every RPC of every service the contract declares, as `(service, method)`.
 fn contract_rpcs() -> BTreeSet<(String, String)> {

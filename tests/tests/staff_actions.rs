@@ -3,6 +3,7 @@
 
 use onbehalf_events::Actor;
 use onbehalf_proto::v1 as pb;
+use onbehalf_tests::whm::{FakeWhm, SESSION_PATH};
 use onbehalf_tests::{on_both_backends, request_id, violated_fields, TestServer};
 use tonic::Code;
 
@@ -193,3 +194,94 @@ async fn staff_act_with_a_reason_and_the_owner_sees_it(server: &TestServer) {
 on_both_backends!(staff_act_with_a_reason_and_the_owner_sees_it
     => staff_act_with_a_reason_and_the_owner_sees_it_on_sqlite,
        staff_act_with_a_reason_and_the_owner_sees_it_on_postgres);
+
+#[tokio::test]
+async fn staff_open_a_clients_panel_with_a_reason_on_record() {
+    let whm = FakeWhm::start().await;
+    let servers = whm.panel_servers("cp1");
+    let server = TestServer::sqlite_with(|config| config.settings.panel_servers = servers).await;
+    let catalogue = server.seed_catalogue().await;
+    let owner = server.register("owner@abc.co.tz", "Asha Mwakyusa").await;
+    let account = owner
+        .create_account("ABC Company Ltd", "billing@abc.co.tz")
+        .await;
+    let ordered = owner
+        .hosting()
+        .order_service(pb::OrderServiceRequest {
+            account_id: account.account_id.clone(),
+            product_id: catalogue.hosting_product_id,
+            domain: "abc.co.tz".into(),
+            billing_cycle: pb::BillingCycle::Annually as i32,
+            request_id: request_id(),
+        })
+        .await
+        .expect("the owner orders hosting")
+        .into_inner();
+    server
+        .service("provisioning", &["services:provision"])
+        .hosting()
+        .activate_service(pb::ActivateServiceRequest {
+            account_id: account.account_id.clone(),
+            service_id: ordered.service_id.clone(),
+            server: "cp1".into(),
+            panel_username: "abccotz".into(),
+            request_id: request_id(),
+        })
+        .await
+        .expect("activated");
+    let login = pb::CreateServiceLoginRequest {
+        account_id: account.account_id.clone(),
+        service_id: ordered.service_id.clone(),
+    };
+
+    server
+        .rejects_field(
+            "x-onbehalf-reason",
+            server
+                .staff("juma", None)
+                .hosting()
+                .create_service_login(login.clone()),
+        )
+        .await;
+    assert_eq!(whm.requests(), vec![]);
+
+    let reason = "ticket 4900: site down, checking error logs";
+    let opened = server
+        .staff("juma", Some(reason))
+        .hosting()
+        .create_service_login(login)
+        .await
+        .expect("staff open the client's panel")
+        .into_inner();
+    assert_eq!(opened.url, format!("https://localhost:2083{SESSION_PATH}"));
+
+    let entries = owner
+        .audit()
+        .list_audit_trail(pb::ListAuditTrailRequest {
+            account_id: account.account_id.clone(),
+            action: "ServiceLoginOpened".into(),
+            min_position: opened.position,
+            ..Default::default()
+        })
+        .await
+        .expect("the owner reads its trail")
+        .into_inner()
+        .entries;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (
+            entries[0].actor_kind,
+            entries[0].actor_name.as_str(),
+            entries[0].reason.as_str(),
+            entries[0].on_behalf_of_account_id.as_str(),
+            entries[0].position,
+        ),
+        (
+            pb::ActorKind::ActorStaff as i32,
+            "juma",
+            reason,
+            account.account_id.as_str(),
+            opened.position,
+        )
+    );
+}

@@ -568,6 +568,26 @@ fn account_summary(event: &AccountEvent, names: &Names) -> String {
             short(*invoice_id)
         ),
         E::ServiceUnsuspended { service_id } => format!("service {}", short(*service_id)),
+        E::ServiceActivated {
+            service_id,
+            server,
+            panel_username,
+        } => format!(
+            "service {} on {server} as {panel_username}",
+            short(*service_id)
+        ),
+        E::ServiceLoginOpened { service_id, server } => {
+            format!("service {} on {server}", short(*service_id))
+        }
+        E::ServiceLoginFailed {
+            service_id,
+            server,
+            failure,
+        } => format!(
+            "service {} on {server}: {}",
+            short(*service_id),
+            failure.as_str()
+        ),
     }
 }
 

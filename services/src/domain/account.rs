@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use onbehalf_events::account::{InvoiceKind, InvoiceLine, RemovalReason};
+use onbehalf_events::account::{InvoiceKind, InvoiceLine, PanelFailure, RemovalReason};
 use onbehalf_events::values::{BillingCycle, Currency, DomainName, Email, Name, ProductKind};
 use onbehalf_events::{
     AccountEvent, Actor, ContactCategories, Permission, PermissionSet, Product,
@@ -146,6 +146,23 @@ pub enum AccountCommand {
         /// The payer's reference.
         reference: String,
     },
+    /// Place a hosting service on a control-panel server. Provisioning services only.
+    ActivateService {
+        /// The hosting service.
+        service_id: Uuid,
+        /// The server's configured name.
+        server: String,
+        /// The service's user name on that server's panel.
+        panel_username: String,
+    },
+    /// Record that the actor opened the control panel of a service, or that the panel failed
+    /// to open it. Needs PRODUCTS and PRODUCT_SSO; provider staff may too.
+    RecordServiceLogin {
+        /// The hosting service.
+        service_id: Uuid,
+        /// Why the panel did not open a session; `None` when it did.
+        failure: Option<PanelFailure>,
+    },
     /// Add a contact who receives the account's mail of some categories. Needs CONTACTS.
     AddContact {
         /// The new contact's id.
@@ -209,6 +226,7 @@ impl AccountCommand {
             | AccountCommand::CancelService { .. } => Some(Permission::Orders),
             AccountCommand::UpdateNameservers { .. } => Some(Permission::ManageDomains),
             AccountCommand::PayInvoice { .. } => Some(Permission::Invoices),
+            AccountCommand::RecordServiceLogin { .. } => Some(Permission::ProductSso),
             AccountCommand::AddContact { .. } | AccountCommand::RemoveContact { .. } => {
                 Some(Permission::Contacts)
             }
@@ -354,6 +372,9 @@ pub struct ClientAccount {
     pub services: BTreeMap<Uuid, ServiceState>,
     /// Every invoice ever issued.
     pub invoices: BTreeMap<Uuid, InvoiceState>,
+    /// Where each activated hosting service lives, by service.
+    #[serde(default)]
+    pub panel_placements: BTreeMap<Uuid, PanelPlacement>,
     /// The current contacts.
     #[serde(default)]
     pub contacts: BTreeMap<Uuid, ContactState>,
@@ -797,6 +818,25 @@ impl ClientAccount {
             } => {
                 self.require_permission(ctx, Permission::Invoices, true)?;
                 self.decide_payment(invoice_id, payment_id, amount_minor, reference)
+            }
+            AccountCommand::ActivateService {
+                service_id,
+                server,
+                panel_username,
+            } => self.decide_activation(ctx, service_id, server, panel_username),
+            AccountCommand::RecordServiceLogin {
+                service_id,
+                failure,
+            } => {
+                let server = self.service_login(&ctx.actor, service_id)?.server.clone();
+                Ok(vec![match failure {
+                    None => AccountEvent::ServiceLoginOpened { service_id, server },
+                    Some(failure) => AccountEvent::ServiceLoginFailed {
+                        service_id,
+                        server,
+                        failure,
+                    },
+                }])
             }
             AccountCommand::AddContact {
                 contact_id,
@@ -1343,6 +1383,20 @@ impl Aggregate for ClientAccount {
                 }
             }
             AccountEvent::NameserversUpdated { .. } => {}
+            AccountEvent::ServiceActivated {
+                service_id,
+                server,
+                panel_username,
+            } => {
+                self.panel_placements.insert(
+                    service_id,
+                    PanelPlacement {
+                        server,
+                        panel_username,
+                    },
+                );
+            }
+            AccountEvent::ServiceLoginOpened { .. } | AccountEvent::ServiceLoginFailed { .. } => {}
             AccountEvent::ContactAdded {
                 contact_id,
                 name,
@@ -1407,5 +1461,101 @@ impl ClientAccount {
         if let Some(i) = self.invoices.get_mut(&invoice_id) {
             i.status = status;
         }
+    }
+}
+
+/// Where a hosting service lives: its control-panel server and its user name there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanelPlacement {
+    /// The server's configured name.
+    pub server: String,
+    /// The service's user name on the server's panel.
+    pub panel_username: String,
+}
+
+impl ClientAccount {
+    /// Where `actor` may open the control panel of `service_id`, decided on this state: the
+    /// owner, a member holding PRODUCTS and PRODUCT_SSO, or provider staff; a hosting service
+    /// that is activated, neither suspended nor cancelled.
+    pub fn service_login(
+        &self,
+        actor: &Actor,
+        service_id: Uuid,
+    ) -> Result<&PanelPlacement, DomainError> {
+        self.require_exists()?;
+        match actor {
+            Actor::User(id) if self.owner == Some(*id) => {}
+            Actor::User(id) => {
+                let Some(held) = self.members.get(id) else {
+                    return Err(DomainError::denied(
+                        "caller is not the owner or a member of this account",
+                    ));
+                };
+                for needed in [Permission::Products, Permission::ProductSso] {
+                    if !held.contains(needed) {
+                        return Err(DomainError::denied(format!(
+                            "caller lacks the {needed} permission"
+                        )));
+                    }
+                }
+            }
+            Actor::Staff(_) => {}
+            Actor::Service(_) | Actor::System => {
+                return Err(DomainError::denied(
+                    "only users and provider staff open control panels",
+                ))
+            }
+        }
+        let service = self.service(service_id)?;
+        if service.kind != ProductKind::Hosting {
+            return Err(DomainError::precondition(
+                "only a hosting service has a control panel",
+            ));
+        }
+        if service.cancelled {
+            return Err(DomainError::precondition("service is cancelled"));
+        }
+        if service.suspended_for.is_some() {
+            return Err(DomainError::precondition("service is suspended"));
+        }
+        self.panel_placements.get(&service_id).ok_or_else(|| {
+            DomainError::precondition("service is not activated on a panel server yet")
+        })
+    }
+
+    fn decide_activation(
+        &self,
+        ctx: &CommandContext,
+        service_id: Uuid,
+        server: String,
+        panel_username: String,
+    ) -> Result<Vec<AccountEvent>, DomainError> {
+        self.require_exists()?;
+        if !matches!(ctx.actor, Actor::Service(_)) {
+            return Err(DomainError::denied(
+                "only the provisioning system activates services",
+            ));
+        }
+        let service = self.service(service_id)?;
+        if service.kind != ProductKind::Hosting {
+            return Err(DomainError::precondition(
+                "only a hosting service lives on a panel server",
+            ));
+        }
+        if service.cancelled {
+            return Err(DomainError::precondition("service is cancelled"));
+        }
+        let placement = PanelPlacement {
+            server,
+            panel_username,
+        };
+        if self.panel_placements.get(&service_id) == Some(&placement) {
+            return Ok(vec![]);
+        }
+        Ok(vec![AccountEvent::ServiceActivated {
+            service_id,
+            server: placement.server,
+            panel_username: placement.panel_username,
+        }])
     }
 }

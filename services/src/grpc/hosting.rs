@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::{convert, idempotency, respond, App};
 use crate::domain::{AccountCommand, Catalog};
 use crate::error::{Error, Result};
+use crate::panel::{is_valid_server_name, PanelError};
 
 /// The `HostingService` implementation.
 #[derive(Debug, Clone)]
@@ -80,9 +81,173 @@ impl HostingService for Hosting {
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
         respond(self.list(request).await)
     }
+
+    async fn activate_service(
+        &self,
+        request: Request<pb::ActivateServiceRequest>,
+    ) -> Result<Response<pb::ActivateServiceResponse>, Status> {
+        respond(self.activate(request).await)
+    }
+
+    async fn create_service_login(
+        &self,
+        request: Request<pb::CreateServiceLoginRequest>,
+    ) -> Result<Response<pb::CreateServiceLoginResponse>, Status> {
+        respond(self.login(request).await)
+    }
+}
+
+/// The longest panel user name: cPanel's limit.
+const MAX_PANEL_USERNAME: usize = 16;
+
+/// A panel user name as cPanel allows it: a lowercase ASCII letter, then lowercase letters or
+/// digits, at most 16 in all. Being plain, it needs no escaping in a panel's URL.
+fn panel_username(raw: &str) -> Result<String> {
+    let mut chars = raw.chars();
+    let valid = raw.len() <= MAX_PANEL_USERNAME
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !valid {
+        return Err(Error::invalid(
+            "panel_username",
+            "must be a lowercase letter followed by up to 15 lowercase letters or digits",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// The gRPC error of a panel that did not open a session, by meaning: the panel out of reach
+/// (network, timeout, TLS, a server error) is `UNAVAILABLE`, a panel declining the login is
+/// `FAILED_PRECONDITION`, and a panel refusing the provider's credentials or answering
+/// nonsense needs an operator: `INTERNAL`.
+fn panel_status(server: &str, e: &PanelError) -> Error {
+    match e {
+        PanelError::Unreachable(_) | PanelError::Timeout(_) | PanelError::Tls(_) => {
+            Error::Unavailable(format!("control panel server `{server}`: {e}"))
+        }
+        PanelError::HttpStatus(status) if *status >= 500 => {
+            Error::Unavailable(format!("control panel server `{server}`: {e}"))
+        }
+        PanelError::Refused(_) => Error::FailedPrecondition(format!(
+            "the control panel of server `{server}` declined to open a session for this service"
+        )),
+        _ => Error::Internal(format!("control panel server `{server}`: {e}")),
+    }
 }
 
 impl Hosting {
+    async fn activate(
+        &self,
+        request: Request<pb::ActivateServiceRequest>,
+    ) -> Result<pb::ActivateServiceResponse> {
+        let app = &self.0;
+        let call = app.call(&request)?;
+        if !call.caller.has_scope("services:provision") {
+            return Err(Error::PermissionDenied(
+                "activating a service needs a service token with scope services:provision".into(),
+            ));
+        }
+        let mut req = request.into_inner();
+        let request_id = std::mem::take(&mut req.request_id);
+        let account_id = convert::uuid("account_id", &req.account_id)?;
+        let service_id = convert::uuid("service_id", &req.service_id)?;
+        if !is_valid_server_name(&req.server) {
+            return Err(Error::invalid(
+                "server",
+                "must be 1 to 64 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        if !app.settings().panel_servers.contains(&req.server) {
+            return Err(Error::invalid(
+                "server",
+                format!("`{}` is not a configured panel server", req.server),
+            ));
+        }
+        let panel_username = panel_username(&req.panel_username)?;
+        let key = idempotency("ActivateService", &request_id, &req)?;
+        let body = AccountCommand::ActivateService {
+            service_id,
+            server: req.server.clone(),
+            panel_username,
+        };
+        let done = app
+            .execute_account(&call, account_id, body, key, |_| Ok(()))
+            .await?;
+        Ok(pb::ActivateServiceResponse {
+            position: done.position,
+        })
+    }
+
+    /// Decides on the account, asks the panel, then records the outcome with the decision made
+    /// again on the account as it is then: a member revoked while the panel answered gets no
+    /// URL. A refused call asks no panel and writes nothing.
+    async fn login(
+        &self,
+        request: Request<pb::CreateServiceLoginRequest>,
+    ) -> Result<pb::CreateServiceLoginResponse> {
+        let app = &self.0;
+        let call = app.call(&request)?;
+        let req = request.into_inner();
+        let account_id = convert::uuid("account_id", &req.account_id)?;
+        let service_id = convert::uuid("service_id", &req.service_id)?;
+        tracing::Span::current().record("account_id", tracing::field::display(account_id));
+
+        let loaded = app.load_account(account_id).await?;
+        let placement = loaded
+            .aggregate
+            .service_login(&call.caller.actor, service_id)?
+            .clone();
+        let panel = app
+            .settings()
+            .panel_servers
+            .get(&placement.server)
+            .cloned()
+            .ok_or_else(|| {
+                tracing::warn!(server = %placement.server, %service_id, "a service names a panel server that is not configured");
+                Error::FailedPrecondition(format!(
+                    "the service's panel server `{}` is not configured",
+                    placement.server
+                ))
+            })?;
+
+        let outcome = panel.create_login(&placement.panel_username).await;
+
+        let failure = outcome.as_ref().err().map(PanelError::failure);
+        let body = AccountCommand::RecordServiceLogin {
+            service_id,
+            failure,
+        };
+        let recorded = app
+            .execute_account(&call, account_id, body, None, |_| Ok(()))
+            .await;
+        match (outcome, recorded) {
+            (Ok(login), Ok(done)) => {
+                tracing::info!(server = %placement.server, %service_id, "control panel session opened");
+                Ok(pb::CreateServiceLoginResponse {
+                    url: login.url().to_owned(),
+                    expires_at: Some(convert::timestamp(login.expires_at)),
+                    position: done.position,
+                })
+            }
+            // The session is not handed out unless its opening is in the log.
+            // LIMITATION: the panel's session is left to expire (WHM ends it after 15 idle minutes), not destroyed, when the record is refused.
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), recorded) => {
+                tracing::warn!(
+                    server = %placement.server,
+                    %service_id,
+                    kind = e.failure().as_str(),
+                    error = %e,
+                    "the control panel did not open a session"
+                );
+                if let Err(unrecorded) = recorded {
+                    tracing::warn!(error = %unrecorded, "the failed login could not be recorded");
+                }
+                Err(panel_status(&placement.server, &e))
+            }
+        }
+    }
+
     async fn order(
         &self,
         request: Request<pb::OrderServiceRequest>,
