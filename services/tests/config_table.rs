@@ -195,3 +195,42 @@ fn an_environment_variable_means_the_same_setting_in_every_command() {
         }
     }
 }
+
+#[test]
+fn the_shared_variables_table_names_every_command_that_reads_each_one() {
+    let text = std::fs::read_to_string(TABLE_FILE).expect("docs/configuration.md is readable");
+    let mut readers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, leaf) in leaves() {
+        for env in leaf.envs() {
+            readers
+                .entry(env.to_owned())
+                .or_default()
+                .push(name.clone());
+        }
+    }
+    let names = |cell: &str| -> Vec<String> {
+        let mut names: Vec<String> = cell
+            .split(", ")
+            .map(|n| n.trim().trim_matches('`').to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("| variable | read by |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert!(rows.len() >= 5, "the shared variables table: {rows:?}");
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        for env in names(cells[1]) {
+            let mut expected = readers.get(&env).cloned().unwrap_or_default();
+            expected.sort();
+            // A command may read one variable through two options (`audit verify`).
+            expected.dedup();
+            assert_eq!(names(cells[2]), expected, "the commands that read {env}");
+        }
+    }
+}
