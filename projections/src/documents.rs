@@ -36,9 +36,6 @@ pub struct AccountDocument {
 
 /// The keys whose documents changed, and the notifications and audit entries appended, since
 /// changes were last taken.
-// LIMITATION: an erasure rewrites past notifications and audit entries and other accounts'
-// invitations in memory; changes name only the erased user's own document, so a persisted copy
-// misses the rest until it is rebuilt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Client accounts whose [`AccountDocument`] changed.
@@ -53,6 +50,10 @@ pub struct Changes {
     pub notifications: Vec<Notification>,
     /// The audit entries recorded, in position order; taken out of the read models.
     pub audit: Vec<AuditEntry>,
+    /// Whether an applied event changed what was folded before it beyond the documents named
+    /// here (an erasure rewrites past notifications, audit entries and other accounts'
+    /// invitations): a persisted copy must then be rebuilt from the log.
+    pub rewrites_history: bool,
 }
 
 impl ReadModels {
@@ -84,8 +85,9 @@ impl ReadModels {
             return;
         };
         match change {
-            Change::User(user_id) => {
+            Change::User { user_id, rewrites } => {
                 changes.users.insert(user_id);
+                changes.rewrites_history |= rewrites;
             }
             Change::Account {
                 account_id,
@@ -120,6 +122,7 @@ impl ReadModels {
                 .collect(),
             notifications: self.notifications.all().to_vec(),
             audit: self.audit.all().to_vec(),
+            rewrites_history: false,
         }
     }
 
@@ -192,8 +195,8 @@ impl ReadModels {
 
 /// Which document one applied event changed.
 pub(crate) enum Change {
-    /// A user's stream.
-    User(Uuid),
+    /// A user's stream; `rewrites` when the event changes what earlier events folded into.
+    User { user_id: Uuid, rewrites: bool },
     /// A client account's stream; `invitee` is the email key of a new invitation.
     Account {
         account_id: Uuid,

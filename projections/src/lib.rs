@@ -267,11 +267,14 @@ fn change_of(event: &StoredEvent, decoded: &Decoded) -> documents::Change {
     match decoded {
         // The stream names the user, whatever the event type, as the account's stream names
         // the account.
-        Decoded::User(_) => event
+        Decoded::User(payload) => event
             .stream_id
             .strip_prefix("user-")
             .and_then(|id| Uuid::parse_str(id).ok())
-            .map_or(Change::Nothing, Change::User),
+            .map_or(Change::Nothing, |user_id| Change::User {
+                user_id,
+                rewrites: matches!(payload, UserEvent::UserErased { .. }),
+            }),
         Decoded::Account(account_id, payload) => Change::Account {
             account_id: *account_id,
             invitee: match payload {

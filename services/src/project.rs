@@ -80,6 +80,9 @@ pub enum ProjectError {
     /// The invitation secret or link base is unusable.
     #[error("{0}")]
     Config(String),
+    /// The rebuild that follows an erasure failed.
+    #[error("rebuild after an erasure: {0}")]
+    Rebuild(String),
 }
 
 /// Everything a worker needs.
@@ -144,6 +147,8 @@ pub struct ProjectStatus {
     pub filled: u64,
     /// Times the state was reloaded from PostgreSQL (a refused or failed write).
     pub reloads: u64,
+    /// Rebuilds run because an erasure rewrote history.
+    pub rebuilds: u64,
 }
 
 /// A worker running on a task of its own.
@@ -256,6 +261,12 @@ impl Worker {
             consumer = %self.config.consumer,
             "projection worker started"
         );
+        // A worker stopped between an erasure and its rebuild finishes the rebuild first.
+        if let Ok(serving) = self.read_models.serving().await {
+            if serving.history_stale {
+                self.rebuild().await?;
+            }
+        }
         let mut attempt = 0u32;
         loop {
             let consumer = match self.consumer().await {
@@ -373,7 +384,11 @@ impl Worker {
         let mut attempt = 0u32;
         loop {
             match self.try_project(events).await {
-                Ok(()) => return Ok(true),
+                Ok(false) => return Ok(true),
+                Ok(true) => {
+                    self.rebuild().await?;
+                    return Ok(true);
+                }
                 Err(Interrupted::Fatal(e)) => {
                     tracing::error!(error = %e, "projection worker stops");
                     return Err(e);
@@ -394,7 +409,9 @@ impl Worker {
         }
     }
 
-    async fn try_project(&mut self, events: &[StoredEvent]) -> Result<(), Interrupted> {
+    /// Folds and writes `events`; `true` when what it wrote rewrote history (an erasure), which
+    /// only a rebuild makes right in the stored notifications and audit entries.
+    async fn try_project(&mut self, events: &[StoredEvent]) -> Result<bool, Interrupted> {
         loop {
             let from = self.models.position();
             let arrived: BTreeMap<u64, uuid::Uuid> = events
@@ -405,7 +422,7 @@ impl Worker {
             let skipped = (events.len() - arrived.len()) as u64;
             let Some((&target, _)) = arrived.last_key_value() else {
                 self.status.send_modify(|s| s.skipped += skipped);
-                return Ok(());
+                return Ok(false);
             };
             self.fold_log_until(target, &arrived).await?;
             let filled = (target - from) - arrived.len() as u64;
@@ -429,7 +446,7 @@ impl Worker {
                         s.skipped += skipped;
                         s.filled += filled;
                     });
-                    return Ok(());
+                    return Ok(changes.rewrites_history);
                 }
                 Written::Stale | Written::Behind(_) => {
                     tracing::info!(
@@ -479,6 +496,28 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Rebuilds the read models from the log into a fresh generation, swaps it in, and goes on
+    /// from it: the way an erasure reaches notifications and audit entries already stored.
+    async fn rebuild(&mut self) -> Result<(), ProjectError> {
+        tracing::info!("an erasure rewrote history; rebuilding the read models");
+        let progress = indicatif::ProgressBar::hidden();
+        crate::cli::projections::rebuild(
+            &self.config.database_url,
+            self.config.links.clone(),
+            &progress,
+        )
+        .await
+        .map_err(|e| ProjectError::Rebuild(e.to_string()))?;
+        match self.reload().await {
+            Ok(()) => {
+                self.status.send_modify(|s| s.rebuilds += 1);
+                Ok(())
+            }
+            Err(Interrupted::Fatal(e)) => Err(e),
+            Err(Interrupted::Retry(e)) => Err(ProjectError::Rebuild(e)),
+        }
     }
 
     async fn reload(&mut self) -> Result<(), Interrupted> {

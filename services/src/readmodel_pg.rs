@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS projection_checkpoint (
     updated_at          timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (name, generation)
 );
+ALTER TABLE projection_checkpoint
+    ADD COLUMN IF NOT EXISTS history_stale boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS rm_account (
     generation bigint NOT NULL,
     account_id uuid   NOT NULL,
@@ -168,6 +170,9 @@ pub struct Checkpoint {
     pub position: u64,
     /// The ledger's last invoice number at that position.
     pub last_invoice_number: u64,
+    /// Whether an event folded into it rewrote earlier history (an erasure), so that only a
+    /// rebuild makes its notifications and audit entries right again.
+    pub history_stale: bool,
 }
 
 /// The outcome of [`ReadModelStore::write`].
@@ -322,7 +327,7 @@ impl ReadModelStore {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT c.generation, c.position, c.last_invoice_number \
+                "SELECT c.generation, c.position, c.last_invoice_number, c.history_stale \
                  FROM projection p JOIN projection_checkpoint c \
                    ON c.name = p.name AND c.generation = p.generation \
                  WHERE p.name = $1",
@@ -333,6 +338,7 @@ impl ReadModelStore {
             generation: unsigned(row.try_get(0)?)?,
             position: unsigned(row.try_get(1)?)?,
             last_invoice_number: unsigned(row.try_get(2)?)?,
+            history_stale: row.try_get(3)?,
         })
     }
 
@@ -370,7 +376,7 @@ impl ReadModelStore {
             .await?;
         let row = tx
             .query_one(
-                "SELECT c.generation, c.position, c.last_invoice_number \
+                "SELECT c.generation, c.position, c.last_invoice_number, c.history_stale \
                  FROM projection p JOIN projection_checkpoint c \
                    ON c.name = p.name AND c.generation = p.generation \
                  WHERE p.name = $1",
@@ -381,6 +387,7 @@ impl ReadModelStore {
             generation: unsigned(row.try_get(0)?)?,
             position: unsigned(row.try_get(1)?)?,
             last_invoice_number: unsigned(row.try_get(2)?)?,
+            history_stale: row.try_get(3)?,
         };
         let mut delta = Delta {
             checkpoint: Some(checkpoint),
@@ -496,14 +503,19 @@ impl ReadModelStore {
         }
         let to = models.position();
         write_documents(&tx, g, int(to)?, models, changes).await?;
+        // A rebuild folds the log as it reads now, erasures included, so only a serving
+        // generation's history goes stale.
+        let stale = mode == WriteMode::Serving && changes.rewrites_history;
         tx.execute(
             "UPDATE projection_checkpoint SET position = $3, last_invoice_number = $4, \
-             updated_at = now() WHERE name = $1 AND generation = $2",
+             history_stale = history_stale OR $5, updated_at = now() \
+             WHERE name = $1 AND generation = $2",
             &[
                 &PROJECTION,
                 &g,
                 &int(to)?,
                 &int(models.last_invoice_number())?,
+                &stale,
             ],
         )
         .await?;

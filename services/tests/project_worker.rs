@@ -216,6 +216,27 @@ async fn a_gap_in_the_stream_is_filled_from_the_log_never_skipped() {
     worker.shutdown().await.unwrap();
 }
 
+/// A token of the test server's key for a user.
+fn user_token(dir: &TempDataDir, user_id: uuid::Uuid) -> String {
+    let key = onbehalf::auth::find_signing_key(&onbehalf::auth::keys_dir(dir.path()))
+        .unwrap()
+        .unwrap();
+    let signer = onbehalf::auth::Signer::load(
+        &key,
+        onbehalf::auth::DEFAULT_ISSUER,
+        onbehalf::auth::DEFAULT_ISSUER,
+    )
+    .unwrap();
+    signer
+        .sign(
+            &user_id.to_string(),
+            None,
+            chrono::Utc::now(),
+            chrono::Duration::hours(1),
+        )
+        .unwrap()
+}
+
 /// A service token of the test server's key with `scopes`.
 fn service_token(dir: &TempDataDir, scopes: &str) -> String {
     let key = onbehalf::auth::find_signing_key(&onbehalf::auth::keys_dir(dir.path()))
@@ -395,5 +416,75 @@ async fn status_shows_the_position_the_head_and_the_lag() {
             head - 1
         )
     );
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_is_carried_into_stored_history_by_a_rebuild() {
+    let Some(s) = setup().await else { return };
+    // Green Farm Ltd invites a new user, who is then erased.
+    let staff = "ops@greenfarm.co.tz";
+    register_one(&s).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let before = s.fold().await;
+    let green_farm_owner = before
+        .accounts
+        .user_by_email("info@greenfarm.co.tz")
+        .unwrap()
+        .user_id;
+    let green_farm = before.accounts.accessible_accounts(green_farm_owner)[0].account_id;
+    let owner_token = user_token(&s.dir, green_farm_owner);
+    pb::invitation_service_client::InvitationServiceClient::with_interceptor(
+        channel.clone(),
+        onbehalf::cli::Bearer::new(&owner_token).unwrap(),
+    )
+    .invite_user(pb::InviteUserRequest {
+        account_id: green_farm.to_string(),
+        email: staff.into(),
+        permissions: vec![],
+        full_access: true,
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let before = s.fold().await;
+    let owner_id = before.accounts.user_by_email(staff).unwrap().user_id;
+    let owner = staff;
+    assert_eq!(before.notifications.for_recipient(owner).len(), 1);
+    let token = service_token(&s.dir, "users:erase");
+    let mut users = pb::user_service_client::UserServiceClient::with_interceptor(
+        channel,
+        onbehalf::cli::Bearer::new(&token).unwrap(),
+    );
+    let erased = users
+        .erase_user(pb::EraseUserRequest {
+            user_id: owner_id.to_string(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let events = s.events().await;
+    let head = events.len() as u64;
+    assert_eq!(erased.position, head);
+    s.publish(&events).await;
+    let mut worker = s.worker(500).await;
+    let status = match worker
+        .wait_for(PATIENCE, |s| s.rebuilds == 1 && s.position == head)
+        .await
+    {
+        Ok(status) => status,
+        Err(last) => panic!("the erasure never led to a rebuild; last status {last:?}"),
+    };
+    assert_eq!(status.generation, 2);
+
+    let stored = s.stored().await;
+    assert!(stored.notifications.for_recipient(owner).is_empty());
+    assert_eq!(snapshot(&stored), snapshot(&s.fold().await));
     worker.shutdown().await.unwrap();
 }
