@@ -11,20 +11,21 @@
 //! account's document; an event of a user's stream changes only that user's document; a
 //! catalogue event only its product. Notifications and audit entries are only ever appended.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use onbehalf_events::Product;
+use onbehalf_events::{ContactCategories, Product};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::accounts::{AccountView, Invitation, UserView};
 use crate::audit::AuditEntry;
 use crate::billing::AccountBilling;
-use crate::notifications::Notification;
+use crate::notifications::{ContactView, Notification};
 use crate::ReadModels;
 
 /// Everything the read models hold about one client account: its view (owner, members,
-/// profile), its invitations, its services and its invoices.
+/// profile), its invitations, its services and its invoices, its contacts and its members'
+/// notification opt-ins.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountDocument {
     /// The client account.
@@ -32,6 +33,10 @@ pub struct AccountDocument {
     view: Option<AccountView>,
     invitations: Vec<Invitation>,
     billing: AccountBilling,
+    #[serde(default)]
+    contacts: BTreeMap<Uuid, ContactView>,
+    #[serde(default)]
+    opt_ins: BTreeMap<Uuid, ContactCategories>,
 }
 
 /// The keys whose documents changed, and the notifications and audit entries appended, since
@@ -111,6 +116,7 @@ impl ReadModels {
             accounts: accounts
                 .into_iter()
                 .chain(self.billing.account_ids())
+                .chain(self.notifications.account_ids())
                 .collect(),
             users: users.into_iter().collect(),
             invitation_emails: emails.into_iter().collect(),
@@ -129,11 +135,14 @@ impl ReadModels {
     /// The document of a client account as the read models hold it now.
     pub fn account_document(&self, account_id: Uuid) -> AccountDocument {
         let (view, invitations) = self.accounts.account_parts(account_id);
+        let (contacts, opt_ins) = self.notifications.account_part(account_id);
         AccountDocument {
             account_id,
             view,
             invitations,
             billing: self.billing.account_part(account_id),
+            contacts,
+            opt_ins,
         }
     }
 
@@ -154,10 +163,14 @@ impl ReadModels {
             view,
             invitations,
             billing,
+            contacts,
+            opt_ins,
         } = document;
         self.accounts
             .put_account_parts(account_id, view, invitations);
         self.billing.put_account_part(account_id, billing);
+        self.notifications
+            .put_account_part(account_id, contacts, opt_ins);
     }
 
     /// Puts a stored user in place of what the read models hold for it.

@@ -116,7 +116,6 @@ pub struct NotificationRouting {
     notifications: Vec<Notification>,
     by_recipient: BTreeMap<String, Vec<usize>>,
     by_account: BTreeMap<Uuid, Vec<usize>>,
-    // LIMITATION: contacts and opt-ins are not part of the persisted account documents, so read models restored from PostgreSQL route later notices to the billing email only until rebuilt from the log.
     contacts: BTreeMap<Uuid, BTreeMap<Uuid, ContactView>>,
     opt_ins: BTreeMap<Uuid, BTreeMap<Uuid, ContactCategories>>,
 }
@@ -139,6 +138,41 @@ impl NotificationRouting {
     /// Every notification in position order.
     pub fn all(&self) -> &[Notification] {
         &self.notifications
+    }
+
+    /// The contacts and members' opt-ins of one account, as a persisted document holds them.
+    pub(crate) fn account_part(
+        &self,
+        account_id: Uuid,
+    ) -> (BTreeMap<Uuid, ContactView>, BTreeMap<Uuid, ContactCategories>) {
+        (
+            self.contacts.get(&account_id).cloned().unwrap_or_default(),
+            self.opt_ins.get(&account_id).cloned().unwrap_or_default(),
+        )
+    }
+
+    /// Replaces the contacts and opt-ins of one account.
+    pub(crate) fn put_account_part(
+        &mut self,
+        account_id: Uuid,
+        contacts: BTreeMap<Uuid, ContactView>,
+        opt_ins: BTreeMap<Uuid, ContactCategories>,
+    ) {
+        if contacts.is_empty() {
+            self.contacts.remove(&account_id);
+        } else {
+            self.contacts.insert(account_id, contacts);
+        }
+        if opt_ins.is_empty() {
+            self.opt_ins.remove(&account_id);
+        } else {
+            self.opt_ins.insert(account_id, opt_ins);
+        }
+    }
+
+    /// Every account with contacts or opt-ins.
+    pub(crate) fn account_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.contacts.keys().chain(self.opt_ins.keys()).copied()
     }
 
     /// The current contacts of a client account, by id.

@@ -150,6 +150,33 @@ async fn caught_up(worker: &mut ProjectHandle, position: u64) -> ProjectStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_stores_what_a_fold_of_the_log_holds_with_its_checkpoint_at_the_head() {
     let Some(s) = setup().await else { return };
+    // A billing contact of ABC Company, kept in the account's document.
+    let owner = s
+        .fold()
+        .await
+        .accounts
+        .user_by_email("admin@abc.co.tz")
+        .unwrap()
+        .user_id;
+    let abc = s.fold().await.accounts.accessible_accounts(owner)[0].account_id;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    pb::account_service_client::AccountServiceClient::with_interceptor(
+        channel,
+        onbehalf::cli::Bearer::new(&user_token(&s.dir, owner)).unwrap(),
+    )
+    .add_contact(pb::AddContactRequest {
+        account_id: abc.to_string(),
+        name: "ABC Accounts".into(),
+        email: "accounts@abc.co.tz".into(),
+        categories: vec![pb::ContactCategory::ContactInvoice as i32],
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
     let events = s.events().await;
     let head = events.len() as u64;
     assert!(
@@ -171,7 +198,17 @@ async fn the_worker_stores_what_a_fold_of_the_log_holds_with_its_checkpoint_at_t
     assert_eq!((serving.generation, serving.position), (1, head));
     let fold = s.fold().await;
     assert_eq!(serving.last_invoice_number, fold.last_invoice_number());
-    assert_eq!(snapshot(&s.stored().await), snapshot(&fold));
+    let stored = s.stored().await;
+    assert_eq!(
+        stored
+            .notifications
+            .contacts(abc)
+            .iter()
+            .map(|c| c.name.to_string())
+            .collect::<Vec<_>>(),
+        ["ABC Accounts"]
+    );
+    assert_eq!(snapshot(&stored), snapshot(&fold));
     worker.shutdown().await.unwrap();
 }
 
