@@ -540,6 +540,7 @@ async fn aggregate_at_a_version(f: Fixture) {
                 "next_due_date": "2026-03-03",
                 "cancelled": false,
                 "renewals": {},
+                "suspended_for": null,
             }},
             "invoices": {f.invoice.clone(): {
                 "service_id": f.service,
@@ -548,7 +549,12 @@ async fn aggregate_at_a_version(f: Fixture) {
                 "paid_minor": 0,
                 "currency": "TZS",
                 "status": "Unpaid",
+                "due_date": "2025-03-03",
+                "reminders": [],
             }},
+            "contacts": {},
+            "opt_ins": {},
+            "panel_placements": {},
         })
     );
     assert_eq!(
