@@ -127,6 +127,10 @@ pub const TABLE: &[Rule] = &[
     // UserService
     rule("UserService", "RegisterUser", M, &[], Some("users:register"),
         [DENIED, DENIED, DENIED, DENIED, DENIED, OK, DENIED, DENIED]),
+    // The request names a user in no client account who is none of the callers; a user erasing
+    // itself is covered by users_erasure.rs.
+    rule("UserService", "EraseUser", M, &[], Some("users:erase"),
+        [DENIED, DENIED, DENIED, DENIED, DENIED, OK, DENIED, DENIED]),
 
     // AccountService
     // Every registered user may open a client account of its own.

@@ -60,6 +60,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Every scope a service token can carry.
 pub const ALL_SCOPES: &[&str] = &[
     "users:register",
+    "users:erase",
     "catalog:write",
     "billing:write",
     "notifications:read",

@@ -33,6 +33,8 @@ struct Fixture {
     invitation_id: String,
     invitation_token: String,
     contact_id: String,
+    /// A user of its own, in no client account, for `EraseUser` to erase.
+    erasable_user_id: String,
 }
 
 /// The RPCs whose success leaves a fixture as every other cell of the row expects it, so the
@@ -168,7 +170,11 @@ async fn fixture(
         .contact
         .expect("AddContact returns the contact");
 
+    let erasable = server
+        .register(&format!("leaving-{n}@yourcompany.com"), "Leaving User")
+        .await;
     Fixture {
+        erasable_user_id: erasable.user_id,
         contact_id: contact.contact_id,
         shape: (with, without),
         account_id,
@@ -230,6 +236,15 @@ async fn call(
             .register_user(pb::RegisterUserRequest {
                 email: format!("new-{n}@abc.co.tz"),
                 display_name: "New User".into(),
+                request_id: request_id(),
+            })
+            .await
+            .map(ok),
+
+        ("UserService", "EraseUser") => c
+            .users()
+            .erase_user(pb::EraseUserRequest {
+                user_id: fx.erasable_user_id.clone(),
                 request_id: request_id(),
             })
             .await

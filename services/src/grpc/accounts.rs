@@ -203,6 +203,9 @@ pub(crate) async fn require_registered(app: &App, call: &Call) -> Result<Uuid> {
             "the calling user is not registered".into(),
         ));
     }
+    if !user.aggregate.is_active() {
+        return Err(Error::PermissionDenied("the calling user was erased".into()));
+    }
     Ok(user_id)
 }
 
