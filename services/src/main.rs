@@ -52,7 +52,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(long, default_value = "127.0.0.1:50051", env = "ONBEHALF_LISTEN")]
     listen: SocketAddr,
     /// Data directory: the embedded log, development keys and the invitation secret.
     #[arg(long, default_value = "./onbehalf-data", env = "ONBEHALF_DATA_DIR")]
@@ -61,28 +61,42 @@ struct ServeArgs {
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
     /// Expected issuer (`iss`) of bearer tokens.
-    #[arg(long, default_value = auth::DEFAULT_ISSUER)]
+    #[arg(long, default_value = auth::DEFAULT_ISSUER, env = "ONBEHALF_ISSUER")]
     issuer: String,
     /// Expected audience (`aud`) of bearer tokens.
-    #[arg(long, default_value = auth::DEFAULT_ISSUER)]
+    #[arg(long, default_value = auth::DEFAULT_ISSUER, env = "ONBEHALF_AUDIENCE")]
     audience: String,
-    /// An extra verification key, a file named `<kid>.pub.pem`; repeat for several.
-    #[arg(long = "verification-key")]
+    /// An extra verification key, a file named `<kid>.pub.pem`; repeat for several (in the
+    /// environment, separate them with commas).
+    #[arg(
+        long = "verification-key",
+        env = "ONBEHALF_VERIFICATION_KEYS",
+        value_delimiter = ','
+    )]
     verification_keys: Vec<PathBuf>,
     /// File with the invitation MAC secret (created if missing); default `<data dir>/invitation.secret`.
-    #[arg(long)]
+    #[arg(long, env = "ONBEHALF_INVITATION_SECRET_FILE")]
     invitation_secret_file: Option<PathBuf>,
     /// The client-area page that accepts invitations; the token is appended as `?token=`.
-    #[arg(long, default_value = "http://localhost:8080/invitations/accept")]
+    #[arg(
+        long,
+        default_value = "http://localhost:8080/invitations/accept",
+        env = "ONBEHALF_ACCEPT_URL_BASE"
+    )]
     accept_url_base: String,
     /// Days an invitation stays acceptable (1 to 365).
-    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=365))]
+    #[arg(
+        long,
+        default_value_t = 7,
+        value_parser = clap::value_parser!(u32).range(1..=365),
+        env = "ONBEHALF_INVITATION_TTL_DAYS"
+    )]
     invitation_ttl_days: u32,
     /// Longest wait, in milliseconds, for a read's `min_position`.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, env = "ONBEHALF_MAX_WAIT_MS")]
     max_wait_ms: u64,
     /// Largest request message accepted, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = 64 * 1024, env = "ONBEHALF_MAX_MESSAGE_BYTES")]
     max_message_bytes: usize,
     /// The server's TLS certificate chain (PEM); with `--tls-key`, the listener speaks TLS.
     #[arg(long, env = "ONBEHALF_TLS_CERT", requires = "tls_key")]
@@ -93,9 +107,6 @@ struct ServeArgs {
     /// A CA (PEM) whose certificates clients must present: mutual TLS.
     #[arg(long, env = "ONBEHALF_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
-    /// A TOML file naming the control-panel servers hosting services live on.
-    #[arg(long, env = "ONBEHALF_PANEL_SERVERS")]
-    panel_servers: Option<PathBuf>,
     /// A file holding the current time as an RFC 3339 instant, read on every use (for tests
     /// that move time); without it, the system clock.
     #[arg(long, env = "ONBEHALF_CLOCK_FILE")]
@@ -106,6 +117,9 @@ struct ServeArgs {
     /// What the scheduler does, with `--scheduler`.
     #[command(flatten)]
     schedule: onbehalf::scheduler::ScheduleArgs,
+    /// A TOML file naming the control-panel servers hosting services live on.
+    #[arg(long, env = "ONBEHALF_PANEL_SERVERS")]
+    panel_servers: Option<PathBuf>,
     /// Where reads are answered from: `log` folds the log in this process; `postgres` mirrors
     /// the read models that `onbehalf project` workers keep in PostgreSQL (needs
     /// `--database-url`), for any number of replicas.
@@ -144,26 +158,30 @@ struct TokenArgs {
     #[arg(long, default_value = "./onbehalf-data", env = "ONBEHALF_DATA_DIR")]
     data_dir: PathBuf,
     /// A private key file `<kid>.key.pem` to sign with instead.
-    #[arg(long)]
+    #[arg(long, env = "ONBEHALF_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
     /// How long the token is valid: seconds, or a number with `s`, `m`, `h` or `d`.
-    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    #[arg(long, default_value = "1h", value_parser = parse_ttl, env = "ONBEHALF_TOKEN_TTL")]
     ttl: chrono::Duration,
     /// Issuer (`iss`).
-    #[arg(long, default_value = auth::DEFAULT_ISSUER)]
+    #[arg(long, default_value = auth::DEFAULT_ISSUER, env = "ONBEHALF_ISSUER")]
     issuer: String,
     /// Audience (`aud`).
-    #[arg(long, default_value = auth::DEFAULT_ISSUER)]
+    #[arg(long, default_value = auth::DEFAULT_ISSUER, env = "ONBEHALF_AUDIENCE")]
     audience: String,
 }
 
 #[derive(Debug, Args)]
 struct DemoArgs {
     /// The server, e.g. `http://127.0.0.1:50051`.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:50051",
+        env = "ONBEHALF_SERVER"
+    )]
     server: String,
     /// The server's data directory, whose development key signs the demo's tokens.
-    #[arg(long, default_value = "./onbehalf-data")]
+    #[arg(long, default_value = "./onbehalf-data", env = "ONBEHALF_DATA_DIR")]
     data_dir: PathBuf,
 }
 
