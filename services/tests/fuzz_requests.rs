@@ -1,8 +1,8 @@
 //! Hostile input for request validation, through the real server over gRPC.
 //!
 //! Generated field values (arbitrary strings, strings built from the characters that trip
-//! parsers, arbitrary permission numbers, request ids and UUID spellings) go through
-//! `RegisterUser` and `InviteUser`; arbitrary bytes and corrupted encodings of valid requests go
+//! parsers, arbitrary permission numbers, request ids, UUID spellings and page tokens) go through
+//! `RegisterUser`, `InviteUser` and `ListMembers`; arbitrary bytes and corrupted encodings of valid requests go
 //! as the raw protobuf body of every command that carries names or emails.
 //!
 //! A field the value parsers of `onbehalf-events` accept is accepted and answered exactly as
@@ -465,6 +465,71 @@ fn invite_user_checks_account_email_permissions_and_request_id_in_order() {
                 Ok(())
             },
         )
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    outcomes.saw_both();
+}
+
+/// The page token rule of name-sorted lists: empty, or `o` and an offset in canonical decimal.
+fn page_token_is_valid(raw: &str) -> bool {
+    raw.is_empty()
+        || raw.strip_prefix('o').is_some_and(|n| {
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n == "0" || !n.starts_with('0'))
+                && n.parse::<u64>().is_ok_and(|n| usize::try_from(n).is_ok())
+        })
+}
+
+#[test]
+fn page_tokens_are_offsets_this_server_issued_or_an_invalid_argument() {
+    let fixture = Fixture::start();
+    let (owner, account) = fixture.runtime.block_on(fixture.owner_with_account(0));
+    let mut runner = TestRunner::new(config(256));
+    let outcomes = Outcomes::default();
+    let strategy = (
+        prop_oneof![
+            2 => "o[0-9]{0,22}",
+            1 => "[o+0-9 -]{0,6}",
+            1 => any::<String>(),
+            1 => Just(String::new()),
+        ],
+        0u32..4,
+    );
+    runner
+        .run(&strategy, |(page_token, page_size)| {
+            fixture.runtime.block_on(async {
+                let answer = AccountServiceClient::new(fixture.channel.clone())
+                    .list_members(authed(
+                        pb::ListMembersRequest {
+                            account_id: account.clone(),
+                            page_size,
+                            page_token: page_token.clone(),
+                            min_position: 0,
+                        },
+                        &owner,
+                    ))
+                    .await;
+                match (answer, page_token_is_valid(&page_token)) {
+                    (Ok(page), true) => {
+                        let page = page.into_inner();
+                        // The account has one member, its owner: only offset 0 shows it.
+                        let expected = usize::from(page_token.is_empty() || page_token == "o0");
+                        assert_eq!(page.members.len(), expected, "{page_token:?}");
+                        assert_eq!(page.next_page_token, "");
+                        outcomes.accepted();
+                    }
+                    (Err(status), false) => {
+                        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+                        assert_eq!(violated_field(&status).as_deref(), Some("page_token"));
+                        outcomes.refused();
+                    }
+                    (answer, valid) => {
+                        panic!("{page_token:?} (valid: {valid}) answered {answer:?}")
+                    }
+                }
+            });
+            Ok(())
+        })
         .unwrap_or_else(|failure| panic!("{failure}"));
     outcomes.saw_both();
 }
