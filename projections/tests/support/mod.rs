@@ -152,7 +152,11 @@ impl Log {
     }
 
     pub fn user(&mut self, ctx: &Ctx, event: UserEvent) -> StoredEvent {
-        let UserEvent::UserRegistered { user_id, .. } = &event;
+        let user_id = match &event {
+            UserEvent::UserRegistered { user_id, .. } | UserEvent::UserErased { user_id } => {
+                user_id
+            }
+        };
         let stream = user_stream(*user_id);
         let (event_type, payload) = (event.event_type(), serde_json::to_value(&event).unwrap());
         self.push(ctx, stream, stream_type::USER, event_type, payload)
