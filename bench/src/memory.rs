@@ -20,7 +20,7 @@ pub struct MemoryArgs {
     /// Members of each client account besides its owner.
     #[arg(long, default_value_t = 3)]
     pub members: usize,
-    /// Small sizes (1,000, 3,000 and 10,000 accounts) that only show the program works.
+    /// Small sizes (300, 1,000 and 3,000 accounts) that only show the program works.
     #[arg(long)]
     pub quick: bool,
 }
@@ -100,7 +100,7 @@ async fn measure_child(data_dir: &std::path::Path) -> Result<(u64, f64), BenchEr
 /// Measures an empty server, then each size; the first row is the empty one.
 pub async fn run(args: &MemoryArgs) -> Result<Vec<MemoryRow>, BenchError> {
     let sizes = if args.quick {
-        vec![1_000, 3_000, 10_000]
+        vec![300, 1_000, 3_000]
     } else {
         args.accounts.clone()
     };

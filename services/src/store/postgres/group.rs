@@ -235,6 +235,7 @@ pub(super) async fn commit(
         // What a retry within this group is given back: the outcome as the caller wrote it.
         let plain_outcome = batch.request.as_ref().map(|r| r.outcome.clone());
         // Sealing comes before hashing: the chain covers the event as stored.
+        // LIMITATION: each append's data keys are looked up (and created) by statements of its own, one append after another under the lock, rather than for the whole group at once.
         crate::store::keys::postgres::prepare(&tx, &mut batch).await?;
         let links = match crate::store::batch_hashes(&batch, stored_at, position, actual, link) {
             Ok(links) => links,
