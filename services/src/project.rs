@@ -192,6 +192,8 @@ impl ProjectHandle {
 }
 
 /// Starts a worker; it runs until [`ProjectHandle::shutdown`] or a fatal error.
+// LIMITATION: workers sharing a consumer split its messages, so each write of one finds the
+// other's checkpoint and reloads; they stay correct but only one makes progress at a time.
 pub async fn spawn(config: ProjectConfig) -> Result<ProjectHandle, ProjectError> {
     let read_models = ReadModelStore::connect(&config.database_url).await?;
     let log = PostgresStore::connect(&config.database_url).await?;
