@@ -768,7 +768,7 @@ async fn sqlite_data_survives_reopening_the_store() {
     };
 
     let store = SqliteStore::open(dir.path()).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     assert_eq!(all(&store).await, written);
     assert_eq!(store.head_position().await.unwrap(), 2);
     assert_eq!(
@@ -803,7 +803,7 @@ async fn sqlite_creates_the_data_directory_and_its_database_file() {
     let store = SqliteStore::open(&nested).await.unwrap();
     assert_eq!(store.path(), nested.join("events.db"));
     assert!(nested.join("events.db").is_file());
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -821,14 +821,14 @@ async fn postgres_replicas_starting_at_once_migrate_the_schema_once() {
     for start in starts {
         stores.push(start.await.unwrap().unwrap());
     }
-    assert_eq!(stores[0].schema_version().await.unwrap(), 1);
+    assert_eq!(stores[0].schema_version().await.unwrap(), 2);
     let client = db.client().await.unwrap();
     let applied: i64 = client
         .query_one("SELECT count(*) FROM schema_version", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
     drop((stores, client));
     db.drop_database().await.unwrap();
 }
