@@ -391,9 +391,12 @@ async fn read_state(
         .await
         .map_err(map_err)?;
     let versions_stmt = tx
+        // One index probe per stream for its last version: `= ANY` with `GROUP BY` gets a
+        // generic plan that reads whole streams, or the whole table.
         .prepare_cached(
-            "SELECT stream_id, MAX(version) FROM events WHERE stream_id = ANY($1) \
-             GROUP BY stream_id",
+            "SELECT s.stream_id, \
+             (SELECT MAX(e.version) FROM events e WHERE e.stream_id = s.stream_id) \
+             FROM unnest($1::text[]) AS s(stream_id)",
         )
         .await
         .map_err(map_err)?;
@@ -448,11 +451,13 @@ async fn read_state(
     }
     let mut versions = HashMap::new();
     for row in version_rows.map_err(map_err)? {
-        let version: i64 = row.try_get(1).map_err(corrupt)?;
-        versions.insert(
-            row.try_get(0).map_err(corrupt)?,
-            to_u64(version, "version")?,
-        );
+        let version: Option<i64> = row.try_get(1).map_err(corrupt)?;
+        if let Some(version) = version {
+            versions.insert(
+                row.try_get(0).map_err(corrupt)?,
+                to_u64(version, "version")?,
+            );
+        }
     }
     let mut holders = Holders::new();
     for row in holder_rows.map_err(map_err)? {
