@@ -205,7 +205,8 @@ pub async fn permission_checks(
                     let account = (caller * 7919 + i) % accounts;
                     let user = designer_id(((caller + i) % designers) as u64);
                     async move {
-                        let mut access = pb::access_service_client::AccessServiceClient::new(channel);
+                        let mut access =
+                            pb::access_service_client::AccessServiceClient::new(channel);
                         access
                             .check_permission(authorized(
                                 pb::CheckPermissionRequest {
@@ -233,7 +234,10 @@ pub async fn permission_checks(
                 noop: quantiles(noop),
                 check: quantiles(check),
             };
-            println!("  {} callers={n}: no-op {:?}, check {:?}", row.store, row.noop, row.check);
+            println!(
+                "  {} callers={n}: no-op {:?}, check {:?}",
+                row.store, row.noop, row.check
+            );
             rows.push(row);
         }
         Ok::<_, BenchError>(rows)
@@ -317,7 +321,10 @@ pub async fn read_your_writes(
             read: quantiles(reads),
             command: quantiles(commands),
         };
-        println!("  {}: read {:?}, command {:?}", row.store, row.read, row.command);
+        println!(
+            "  {}: read {:?}, command {:?}",
+            row.store, row.read, row.command
+        );
         Ok::<_, BenchError>(row)
     }
     .await;

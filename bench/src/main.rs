@@ -244,7 +244,9 @@ async fn latency_tables(args: &LatencyArgs) -> Result<(), BenchError> {
         );
     }
     println!();
-    println!("| server store | command p50 / p99 ms | read at its position p50 / p99 ms | samples |");
+    println!(
+        "| server store | command p50 / p99 ms | read at its position p50 / p99 ms | samples |"
+    );
     println!("|---|---:|---:|---:|");
     for r in &fresh {
         println!(
@@ -262,7 +264,10 @@ async fn latency_tables(args: &LatencyArgs) -> Result<(), BenchError> {
 
 async fn all_bench(args: AllArgs) -> Result<(), BenchError> {
     let started = Instant::now();
-    println!("# onbehalf-bench all{}", if args.quick { " --quick" } else { "" });
+    println!(
+        "# onbehalf-bench all{}",
+        if args.quick { " --quick" } else { "" }
+    );
     println!();
     println!("machine: {}", machine());
     println!("load average at start: {}", load_average());
@@ -362,12 +367,24 @@ fn print_throughput(rows: &[throughput::Row]) {
             "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} |",
             r.system,
             r.clients,
-            if r.system.starts_with("floor") { "".to_owned() } else { thousands(f.commands_per_s) },
+            if r.system.starts_with("floor") {
+                "".to_owned()
+            } else {
+                thousands(f.commands_per_s)
+            },
             thousands(f.events_per_s),
             f.p50_us / 1000.0,
             f.p99_us / 1000.0,
-            if onbehalf { ratio(find("peer", r.clients), false) } else { String::new() },
-            if onbehalf { ratio(find("floor: single", r.clients), true) } else { String::new() },
+            if onbehalf {
+                ratio(find("peer", r.clients), false)
+            } else {
+                String::new()
+            },
+            if onbehalf {
+                ratio(find("floor: single", r.clients), true)
+            } else {
+                String::new()
+            },
             thousands(f.commands as f64),
         );
     }

@@ -84,7 +84,8 @@ async fn measure_child(data_dir: &std::path::Path) -> Result<(u64, f64), BenchEr
     let mut words = text.split_whitespace();
     match (words.next(), words.next(), words.next(), words.next()) {
         (Some("peak"), Some(kib), Some("start"), Some(seconds)) if output.status.success() => Ok((
-            kib.parse().map_err(|e| BenchError::Setup(format!("peak `{kib}`: {e}")))?,
+            kib.parse()
+                .map_err(|e| BenchError::Setup(format!("peak `{kib}`: {e}")))?,
             seconds
                 .parse()
                 .map_err(|e| BenchError::Setup(format!("start `{seconds}`: {e}")))?,

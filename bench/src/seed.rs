@@ -624,7 +624,11 @@ pub async fn seed_mix(
     let at = Utc::now();
     append(&*store, catalog_batch()?, at).await?;
     for d in 0..setup.designers {
-        let batch = user_batch(designer_id(d as u64), &mix_designer_email(d), "Web Designer")?;
+        let batch = user_batch(
+            designer_id(d as u64),
+            &mix_designer_email(d),
+            "Web Designer",
+        )?;
         append(&*store, batch, at).await?;
     }
     let parallel = parallel.max(1);
@@ -681,7 +685,11 @@ pub async fn seed_members(
     let pool = (accounts / 10).max(members).max(1);
     let mut events = 0u64;
     for d in 0..pool {
-        let batch = user_batch(designer_id(d as u64), &mix_designer_email(d), "Web Designer")?;
+        let batch = user_batch(
+            designer_id(d as u64),
+            &mix_designer_email(d),
+            "Web Designer",
+        )?;
         append(store, batch, at).await?;
         events += 1;
     }

@@ -60,16 +60,16 @@ impl Served {
         crate::seed::seed_mix(store.clone(), setup, 16).await?;
         drop(store);
 
-        let running = onbehalf::server::spawn_with_service(
-            config,
-            noop.then_some(crate::latency::Noop),
-        )
-        .await?;
+        let running =
+            onbehalf::server::spawn_with_service(config, noop.then_some(crate::latency::Noop))
+                .await?;
         let url = format!("http://{}", running.addr);
         let (key, _) = auth::ensure_dev_keypair(&data_dir.0)?;
         let signer = Signer::load(&key, auth::DEFAULT_ISSUER, auth::DEFAULT_ISSUER)?;
-        let secret = InvitationTokens::load_or_create_secret(&data_dir.0.join("invitation.secret"))?;
-        let invitations = InvitationTokens::new(secret, "http://localhost:8080/invitations/accept")?;
+        let secret =
+            InvitationTokens::load_or_create_secret(&data_dir.0.join("invitation.secret"))?;
+        let invitations =
+            InvitationTokens::new(secret, "http://localhost:8080/invitations/accept")?;
         Ok(Served {
             running,
             url,
@@ -178,11 +178,13 @@ impl Driver for GrpcMix {
         let owner = &self.owners[account];
         let user = &self.designers[designer];
         let user_id = designer_id(designer as u64);
-        let mut invitations = pb::invitation_service_client::InvitationServiceClient::new(channel.clone());
+        let mut invitations =
+            pb::invitation_service_client::InvitationServiceClient::new(channel.clone());
         let mut access = pb::access_service_client::AccessServiceClient::new(channel.clone());
         let mut hosting = pb::hosting_service_client::HostingServiceClient::new(channel.clone());
         let mut billing = pb::billing_service_client::BillingServiceClient::new(channel);
-        let request_id = |step: u32| format!("mix-{account}-{n}-{step}-{}", Uuid::new_v4().simple());
+        let request_id =
+            |step: u32| format!("mix-{account}-{n}-{step}-{}", Uuid::new_v4().simple());
 
         let started = Instant::now();
         let invited = invitations
@@ -232,7 +234,10 @@ impl Driver for GrpcMix {
                 pb::GrantPermissionRequest {
                     account_id: account_id.to_string(),
                     user_id: user_id.to_string(),
-                    permissions: vec![pb::Permission::Orders as i32, pb::Permission::Invoices as i32],
+                    permissions: vec![
+                        pb::Permission::Orders as i32,
+                        pb::Permission::Invoices as i32,
+                    ],
                     request_id: request_id(3),
                 },
                 owner,
@@ -250,7 +255,6 @@ impl Driver for GrpcMix {
                     domain: String::new(),
                     billing_cycle: pb::BillingCycle::Monthly as i32,
                     request_id: request_id(4),
-                    ..Default::default()
                 },
                 user,
             )?)

@@ -23,11 +23,13 @@ use onbehalf::clock::SystemClock;
 use onbehalf::domain::{AccountCommand, Catalog, ClientAccount, Command, CommandContext};
 use onbehalf::executor::{Execution, Executor, Idempotency, EMAIL_SCOPE};
 use onbehalf::store::EventStore;
-use onbehalf_events::{account_stream, Actor, Metadata, Permission, PermissionSet, CATALOG_STREAM};
 use onbehalf_events::values::{BillingCycle, Email};
+use onbehalf_events::{account_stream, Actor, Metadata, Permission, PermissionSet, CATALOG_STREAM};
 use uuid::Uuid;
 
-use crate::seed::{designer_id, mix_account_id, mix_designer_email, mix_owner_id, MIX_PRICE_MINOR, MIX_PRODUCT};
+use crate::seed::{
+    designer_id, mix_account_id, mix_designer_email, mix_owner_id, MIX_PRICE_MINOR, MIX_PRODUCT,
+};
 use crate::BenchError;
 
 /// Commands in one cycle of the mix.
@@ -269,7 +271,10 @@ impl Driver for InProcess {
             .store()
             .find_reservation(EMAIL_SCOPE, &email.key())
             .await?
-            .and_then(|s| s.strip_prefix("user-").and_then(|id| Uuid::parse_str(id).ok()));
+            .and_then(|s| {
+                s.strip_prefix("user-")
+                    .and_then(|id| Uuid::parse_str(id).ok())
+            });
         let invite = AccountCommand::Invite {
             invitation_id,
             email,
@@ -283,13 +288,15 @@ impl Driver for InProcess {
             invitation_id,
             generation: 0,
         };
-        self.run(account, user, accept, latencies, Instant::now()).await?;
+        self.run(account, user, accept, latencies, Instant::now())
+            .await?;
 
         let grant = AccountCommand::GrantPermissions {
             user_id: user,
             permissions: set(&[Permission::Orders, Permission::Invoices]),
         };
-        self.run(account, owner, grant, latencies, Instant::now()).await?;
+        self.run(account, owner, grant, latencies, Instant::now())
+            .await?;
 
         let started = Instant::now();
         let catalog = self.executor.load::<Catalog>(CATALOG_STREAM).await?;
@@ -314,7 +321,8 @@ impl Driver for InProcess {
             amount_minor: MIX_PRICE_MINOR,
             reference: format!("card-{payment_id}"),
         };
-        self.run(account, user, pay, latencies, Instant::now()).await
+        self.run(account, user, pay, latencies, Instant::now())
+            .await
     }
 }
 
@@ -471,7 +479,11 @@ pub struct ThroughputArgs {
     pub floor_batch: usize,
     /// Which systems to measure, comma-separated: inprocess, grpc, peer, floor, embedded
     /// (SQLite, at 1 and 8 clients).
-    #[arg(long, value_delimiter = ',', default_value = "inprocess,grpc,peer,floor,embedded")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "inprocess,grpc,peer,floor,embedded"
+    )]
     pub systems: Vec<String>,
     /// A built `onbehalf-bench-peer`; by default it is built and run with cargo from
     /// `bench/peer`.
@@ -567,9 +579,13 @@ pub async fn run(args: &ThroughputArgs) -> Result<Vec<Row>, BenchError> {
     }
 
     if wants("grpc") {
-        let served =
-            crate::served::Served::start(crate::served::Backend::Postgres, &args.database_url, setup, false)
-                .await?;
+        let served = crate::served::Served::start(
+            crate::served::Backend::Postgres,
+            &args.database_url,
+            setup,
+            false,
+        )
+        .await?;
         let result = async {
             let driver: Arc<dyn Driver> =
                 Arc::new(crate::served::GrpcMix::new(&served, setup, 8).await?);
@@ -710,7 +726,9 @@ async fn peer(
         Some(binary) => tokio::process::Command::new(binary),
         None => {
             let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/Cargo.toml");
-            let mut c = tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            let mut c = tokio::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            );
             c.args(["run", "--quiet", "--release", "--manifest-path"])
                 .arg(manifest)
                 .arg("--");
@@ -726,7 +744,9 @@ async fn peer(
             c
         }
     };
-    command.args(peer_args).stderr(std::process::Stdio::inherit());
+    command
+        .args(peer_args)
+        .stderr(std::process::Stdio::inherit());
     let output = command
         .output()
         .await
@@ -734,7 +754,10 @@ async fn peer(
     database.drop_database().await?;
     let output = output?;
     if !output.status.success() {
-        return Err(BenchError::Setup(format!("the peer failed: {}", output.status)));
+        return Err(BenchError::Setup(format!(
+            "the peer failed: {}",
+            output.status
+        )));
     }
     let mut rows = Vec::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -747,7 +770,10 @@ async fn peer(
             p99_us: report.p99_us,
             commands: report.commands,
         };
-        println!("  peer cqrs-es + postgres-es, N={}: {figures:?}", report.clients);
+        println!(
+            "  peer cqrs-es + postgres-es, N={}: {figures:?}",
+            report.clients
+        );
         rows.push(Row {
             system: "peer: cqrs-es + postgres-es in-process".into(),
             clients: report.clients,

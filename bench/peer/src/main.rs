@@ -167,7 +167,11 @@ struct PeerAccount {
 
 impl PeerAccount {
     fn allows(&self, user: Uuid, permission: Permission) -> bool {
-        self.owner == Some(user) || self.members.get(&user).is_some_and(|p| p.contains(permission))
+        self.owner == Some(user)
+            || self
+                .members
+                .get(&user)
+                .is_some_and(|p| p.contains(permission))
     }
 
     fn decide(&self, ctx: &Context, command: PeerCommand) -> Result<Vec<AccountEvent>, Refused> {
@@ -210,7 +214,9 @@ impl PeerAccount {
                 if self.invitations.values().any(|i| {
                     i.pending && i.email == key && i.expires_at.is_some_and(|e| ctx.now < e)
                 }) {
-                    return Err(Refused::Precondition("a pending invitation for that email exists"));
+                    return Err(Refused::Precondition(
+                        "a pending invitation for that email exists",
+                    ));
                 }
                 if self.invitations.contains_key(&invitation_id) {
                     return Err(Refused::Precondition("invitation id is taken"));
@@ -525,7 +531,9 @@ async fn cycle(
             None,
             PeerCommand::Grant {
                 user_id: user,
-                permissions: [Permission::Orders, Permission::Invoices].into_iter().collect(),
+                permissions: [Permission::Orders, Permission::Invoices]
+                    .into_iter()
+                    .collect(),
             },
         ),
         (
