@@ -1,7 +1,8 @@
 //! The relay: carries committed events from the PostgreSQL log to NATS JetStream, in position
 //! order, each exactly once in the stream.
 //!
-//! The relay reads the log by position ([`EventReader::read_all`]), publishes every event to the
+//! The relay reads the log by position, as stored with personal fields sealed
+//! ([`EventReader::read_all_sealed`]), publishes every event to the
 //! stream [`EVENTS_STREAM`] under `onbehalf.v1.<stream type>.<aggregate id>.<event type>`, waits
 //! for the broker's acknowledgement of each publish before the next, and advances a checkpoint of
 //! its own (`relay_checkpoint`) only past acknowledged events. Every message carries the event id
@@ -1451,10 +1452,11 @@ impl Relay {
                 }
                 return Ok(Exit::Stopped);
             }
-            // LIMITATION: events are published with their personal fields opened, because projection workers fold them without the store's data keys; the broker's copies keep an erased user's data until they leave the stream's retention.
+            // Events leave the store sealed, exactly as the chain covers them: the broker never
+            // holds a personal field in the clear, and an erasure reaches its copies too.
             let events = match self
                 .store
-                .read_all(acknowledged, self.config.batch_size)
+                .read_all_sealed(acknowledged, self.config.batch_size)
                 .await
             {
                 Ok(events) => {
@@ -1590,7 +1592,7 @@ impl Relay {
         let Some(before) = position.checked_sub(1) else {
             return Err(foreign());
         };
-        let events = self.store.read_all(before, 1).await?;
+        let events = self.store.read_all_sealed(before, 1).await?;
         match events.first() {
             Some(event)
                 if event.position == position && event.event_id.to_string() == message_id =>

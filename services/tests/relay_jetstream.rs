@@ -93,8 +93,9 @@ impl Log {
         last
     }
 
+    /// The log as it leaves the store for the broker: personal fields sealed.
     async fn events(&self) -> Vec<StoredEvent> {
-        self.store.read_all(0, 10_000).await.unwrap()
+        self.store.read_all_sealed(0, 10_000).await.unwrap()
     }
 }
 
