@@ -16,6 +16,8 @@ pub enum ServiceStatus {
     Active,
     /// Cancelled; it is no longer renewed.
     Cancelled,
+    /// Suspended for an unpaid invoice; paying it makes the service active again.
+    Suspended,
 }
 
 /// A service (hosting plan or domain) of a client account.
@@ -315,6 +317,20 @@ impl BillingLedger {
                     service.status = ServiceStatus::Cancelled;
                 }
             }
+            AccountEvent::ServiceSuspended { service_id, .. } => {
+                if let Some(service) = self.service_mut(account_id, *service_id) {
+                    if service.status == ServiceStatus::Active {
+                        service.status = ServiceStatus::Suspended;
+                    }
+                }
+            }
+            AccountEvent::ServiceUnsuspended { service_id } => {
+                if let Some(service) = self.service_mut(account_id, *service_id) {
+                    if service.status == ServiceStatus::Suspended {
+                        service.status = ServiceStatus::Active;
+                    }
+                }
+            }
             AccountEvent::NameserversUpdated {
                 service_id,
                 nameservers,
@@ -338,8 +354,6 @@ impl BillingLedger {
             | AccountEvent::ContactRemoved { .. }
             | AccountEvent::NotificationOptInsSet { .. }
             | AccountEvent::PaymentReminderSent { .. }
-            | AccountEvent::ServiceSuspended { .. }
-            | AccountEvent::ServiceUnsuspended { .. }
             | AccountEvent::ServiceActivated { .. }
             | AccountEvent::ServiceLoginOpened { .. }
             | AccountEvent::ServiceLoginFailed { .. } => {}

@@ -206,7 +206,7 @@ impl Scheduler {
             let invoices = models.billing.invoices(account_id);
             for service in services
                 .iter()
-                .filter(|s| s.status == ServiceStatus::Active)
+                .filter(|s| s.status != ServiceStatus::Cancelled)
             {
                 let period_start = service.next_due_date;
                 let billed = invoices.iter().any(|i| {

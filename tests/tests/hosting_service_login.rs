@@ -505,6 +505,10 @@ async fn a_suspended_service_cannot_be_logged_into() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(suspended, "the scheduler suspends the unpaid service");
+    assert_eq!(
+        service_status(&server, &abc).await,
+        pb::ServiceStatus::ServiceSuspended
+    );
 
     let status = server
         .rejects(
@@ -527,9 +531,33 @@ async fn a_suspended_service_cannot_be_logged_into() {
         })
         .await
         .expect("the owner pays late");
+    assert_eq!(
+        service_status(&server, &abc).await,
+        pb::ServiceStatus::ServiceActive
+    );
     abc.owner
         .hosting()
         .create_service_login(login(&abc))
         .await
         .expect("the unsuspended service opens");
+}
+
+/// The status `ListServices` shows for ABC Company's one service, once the read models have
+/// caught up with the log.
+async fn service_status(server: &TestServer, abc: &Abc) -> pb::ServiceStatus {
+    let listed = abc
+        .owner
+        .hosting()
+        .list_services(pb::ListServicesRequest {
+            account_id: abc.account_id.clone(),
+            min_position: server.log_head().await,
+            ..Default::default()
+        })
+        .await
+        .expect("the owner lists services")
+        .into_inner();
+    let [service] = listed.services.as_slice() else {
+        panic!("one service, not {:?}", listed.services);
+    };
+    pb::ServiceStatus::try_from(service.status).expect("a known status")
 }

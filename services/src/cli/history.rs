@@ -558,7 +558,10 @@ fn account_summary(event: &AccountEvent, names: &Names) -> String {
         E::PaymentReminderSent {
             invoice_id,
             days_from_due,
-        } => format!("invoice {}, {days_from_due:+} days from due", short(*invoice_id)),
+        } => format!(
+            "invoice {}, {days_from_due:+} days from due",
+            short(*invoice_id)
+        ),
         E::ServiceSuspended {
             service_id,
             invoice_id,
@@ -806,6 +809,7 @@ fn account_report(models: &ReadModels, account_id: Uuid, moment: DateTime<Utc>) 
         let status = match svc.status {
             ServiceStatus::Active => "ACTIVE",
             ServiceStatus::Cancelled => "CANCELLED",
+            ServiceStatus::Suspended => "SUSPENDED",
         };
         let _ = writeln!(
             s,

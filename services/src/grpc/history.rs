@@ -441,6 +441,8 @@ fn account_message(
                 domain: s.domain.as_ref().map(|d| d.to_string()).unwrap_or_default(),
                 status: if s.cancelled {
                     pb::ServiceStatus::ServiceCancelled
+                } else if s.suspended_for.is_some() {
+                    pb::ServiceStatus::ServiceSuspended
                 } else {
                     pb::ServiceStatus::ServiceActive
                 } as i32,

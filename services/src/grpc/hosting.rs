@@ -29,6 +29,7 @@ pub(crate) fn service_message(s: &ServiceView) -> pb::Service {
         status: match s.status {
             ServiceStatus::Active => pb::ServiceStatus::ServiceActive,
             ServiceStatus::Cancelled => pb::ServiceStatus::ServiceCancelled,
+            ServiceStatus::Suspended => pb::ServiceStatus::ServiceSuspended,
         } as i32,
         next_due_date: Some(convert::date(s.next_due_date)),
         billing_cycle: convert::billing_cycle_to_pb(s.billing_cycle),
