@@ -409,7 +409,12 @@ async fn read_state(
         .await
         .map_err(map_err)?;
     let ids_stmt = tx
-        .prepare_cached("SELECT event_id FROM events WHERE event_id = ANY($1)")
+        // One index probe per id, whatever the plan: with many ids `= ANY` can become a scan of
+        // the whole table.
+        .prepare_cached(
+            "SELECT k.id FROM unnest($1::uuid[]) AS k(id) \
+             WHERE EXISTS (SELECT 1 FROM events e WHERE e.event_id = k.id)",
+        )
         .await
         .map_err(map_err)?;
 
