@@ -300,13 +300,25 @@ impl Executor {
         for attempt in 0..MAX_ATTEMPTS {
             let mut loaded: Loaded<A> = self.load(&execution.stream_id).await?;
             let sink = EventSink::default();
-            loaded
+            let decided = loaded
                 .aggregate
                 .handle(execution.command.clone(), &(), &sink)
-                .await?;
+                .await;
+            if let Err(refused) = decided {
+                // A first attempt of this request may have committed while this one waited
+                // for the stream: its effect can be what refuses the retry (a second pending
+                // invitation, a paid invoice). The retry answers the first outcome instead.
+                if let Some(first) = self.first_outcome(&execution, &actor_key).await? {
+                    return first;
+                }
+                return Err(refused.into());
+            }
             let events = sink.collect().await;
             let value = outcome(&loaded.aggregate)?;
             if events.is_empty() {
+                if let Some(first) = self.first_outcome(&execution, &actor_key).await? {
+                    return first;
+                }
                 return Ok(Executed {
                     value,
                     position: loaded.position,
@@ -368,6 +380,27 @@ impl Executor {
             "{} kept changing concurrently; gave up after {MAX_ATTEMPTS} attempts",
             execution.stream_id
         )))
+    }
+
+    /// The remembered outcome of this execution's request, when an attempt of it has committed.
+    /// Asked only when a decision appends nothing, so an accepted command pays nothing for it.
+    async fn first_outcome<A, T>(
+        &self,
+        execution: &Execution<A>,
+        actor_key: &str,
+    ) -> Result<Option<Result<Executed<T>>>>
+    where
+        A: Aggregate,
+        T: DeserializeOwned,
+    {
+        let Some(key) = &execution.idempotency else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .find_request(actor_key, &key.request_id)
+            .await?
+            .map(|stored| replay(key, stored.request_hash, stored.outcome, stored.position)))
     }
 
     fn batch<A>(

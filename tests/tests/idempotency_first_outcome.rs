@@ -126,3 +126,45 @@ async fn concurrent_retries_of_one_request_append_once_and_share_its_outcome(ser
 on_both_backends!(concurrent_retries_of_one_request_append_once_and_share_its_outcome
     => concurrent_retries_of_one_request_append_once_and_share_its_outcome_on_sqlite,
        concurrent_retries_of_one_request_append_once_and_share_its_outcome_on_postgres);
+
+/// A command the account would refuse once the first attempt's effect is in (a second pending
+/// invitation for one email, a payment of a paid invoice) still answers the first outcome when
+/// its retries race that attempt.
+async fn concurrent_retries_of_a_command_that_cannot_repeat_share_the_first_outcome(
+    server: &TestServer,
+) {
+    let owner = server.register("admin@abc.co.tz", "ABC Company").await;
+    let abc = owner
+        .create_account("ABC Company", "admin@abc.co.tz")
+        .await
+        .account_id;
+    let head = server.log_head().await;
+    let attempts = (0..20).map(|_| {
+        let mut invitations = owner.invitations();
+        let request = pb::InviteUserRequest {
+            account_id: abc.clone(),
+            email: "designer@yourcompany.com".into(),
+            permissions: vec![],
+            full_access: true,
+            request_id: "invite-designer".into(),
+        };
+        async move {
+            invitations
+                .invite_user(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    });
+    let outcomes: Vec<pb::InviteUserResponse> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every attempt answers the first outcome"))
+        .collect();
+    assert!(outcomes.iter().all(|o| *o == outcomes[0]), "{outcomes:?}");
+    assert_eq!(outcomes[0].position, head + 1);
+    assert_eq!(server.log_head().await, head + 1, "one UserInvited");
+}
+
+on_both_backends!(concurrent_retries_of_a_command_that_cannot_repeat_share_the_first_outcome
+    => concurrent_retries_of_a_command_that_cannot_repeat_share_the_first_outcome_on_sqlite,
+       concurrent_retries_of_a_command_that_cannot_repeat_share_the_first_outcome_on_postgres);
