@@ -196,14 +196,22 @@ fn parse_ttl(raw: &str) -> Result<chrono::Duration, String> {
     if n <= 0 {
         return Err("the duration must be positive".into());
     }
-    match unit {
-        's' => Ok(chrono::Duration::seconds(n)),
-        'm' => Ok(chrono::Duration::minutes(n)),
-        'h' => Ok(chrono::Duration::hours(n)),
-        'd' => Ok(chrono::Duration::days(n)),
-        _ => Err(format!("unknown unit `{unit}`; use s, m, h or d")),
+    let ttl = match unit {
+        's' => chrono::Duration::try_seconds(n),
+        'm' => chrono::Duration::try_minutes(n),
+        'h' => chrono::Duration::try_hours(n),
+        'd' => chrono::Duration::try_days(n),
+        _ => return Err(format!("unknown unit `{unit}`; use s, m, h or d")),
+    };
+    // A token outliving a year is a credential nobody will remember to retire.
+    match ttl {
+        Some(ttl) if ttl <= chrono::Duration::days(MAX_TTL_DAYS) => Ok(ttl),
+        _ => Err(format!("the duration must be at most {MAX_TTL_DAYS}d")),
     }
 }
+
+/// The longest lifetime `token --ttl` signs.
+const MAX_TTL_DAYS: i64 = 366;
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -177,3 +177,46 @@ fn token_without_a_key_says_how_to_get_one() {
     assert!(err.contains("no signing key in"), "{err}");
     assert!(err.contains("onbehalf serve --data-dir"), "{err}");
 }
+
+#[test]
+fn token_refuses_a_lifetime_beyond_a_year_instead_of_overflowing() {
+    let dir = TempDataDir::new();
+    onbehalf::auth::ensure_dev_keypair(dir.path()).expect("key pair");
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    for ttl in [
+        "367d",
+        "100000000000d",
+        "99999999999999999d",
+        "9223372036854775807s",
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "token",
+                "--service",
+                "ops",
+                "--ttl",
+                ttl,
+                "--data-dir",
+                data_dir,
+            ])
+            .output()
+            .expect("the binary runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--ttl {ttl}: {err}");
+        assert!(
+            err.contains("the duration must be at most 366d"),
+            "--ttl {ttl}: {err}"
+        );
+    }
+    let (ok, token, err) = run(&[
+        "token",
+        "--service",
+        "ops",
+        "--ttl",
+        "366d",
+        "--data-dir",
+        data_dir,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
+}

@@ -71,7 +71,8 @@ pub struct MailerArgs {
     #[arg(long, default_value_t = 5000, env = "ONBEHALF_MAILER_INTERVAL_MS")]
     pub interval_ms: u64,
     /// Seconds of the first retry pause after a temporary failure; it doubles each time.
-    #[arg(long, default_value_t = 30, env = "ONBEHALF_MAILER_RETRY_BASE_SECS")]
+    #[arg(long, default_value_t = 30, env = "ONBEHALF_MAILER_RETRY_BASE_SECS",
+          value_parser = clap::value_parser!(i64).range(1..=86_400))]
     pub retry_base_secs: i64,
     /// Attempts before a notification that keeps failing temporarily is given up.
     #[arg(long, default_value_t = 10, env = "ONBEHALF_MAILER_MAX_ATTEMPTS")]
