@@ -219,7 +219,8 @@ fn spawn_key_reload(config: ServerConfig, verifier: grpc::SharedVerifier) {
                     *verifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "verification keys not reloaded; keeping the current ones")
+                    // LIMITATION: one unreadable key file stops the whole reload, so a key retired meanwhile stays accepted until the file is fixed; hence an error, not a warning.
+                    tracing::error!(error = %e, "verification keys not reloaded; keeping the current ones, including any retired since")
                 }
             }
         }
