@@ -150,7 +150,7 @@ on_both_backends!(refusals => a_temporary_refusal_is_retried_after_its_pause_and
 
 async fn refusals(server: &TestServer) {
     let abc = abc_with_contacts(
-        &server,
+        server,
         &[("Later", "later@abc.co.tz"), ("Nobody", "nobody@abc.co.tz")],
     )
     .await;
