@@ -349,6 +349,18 @@ impl StreamSettings {
                 reason: "must be longer than zero: it is what drops re-published events".into(),
             });
         }
+        // The broker keeps both as signed 64-bit nanoseconds; a longer one would wrap around.
+        for (field, duration) in [
+            ("duplicate_window", self.duplicate_window),
+            ("max_age", self.max_age),
+        ] {
+            if duration.as_nanos() > MAX_BROKER_NANOS {
+                return Err(StreamConfigError::Invalid {
+                    field,
+                    reason: "must be at most 106751d (the broker's limit)".into(),
+                });
+            }
+        }
         if !self.max_age.is_zero() && self.duplicate_window > self.max_age {
             return Err(StreamConfigError::Invalid {
                 field: "duplicate_window",
@@ -432,6 +444,9 @@ impl StreamOverrides {
 }
 
 /// Parses `500ms`, `90s`, `2m`, `12h`, `30d` or `0`.
+/// The longest duration JetStream stores: `i64::MAX` nanoseconds, about 292 years.
+const MAX_BROKER_NANOS: u128 = i64::MAX as u128;
+
 fn parse_duration(field: &'static str, raw: &str) -> Result<Duration, StreamConfigError> {
     let invalid = || StreamConfigError::Invalid {
         field,
@@ -1848,6 +1863,29 @@ mod tests {
                 ..StreamSettings::builtin()
             }
         );
+    }
+
+    #[test]
+    fn durations_the_broker_cannot_hold_are_refused_instead_of_wrapping() {
+        for (toml, field) in [
+            (
+                "duplicate_window = \"99999999999d\"\nmax_age = \"0\"",
+                "duplicate_window",
+            ),
+            ("max_age = \"106752d\"", "max_age"),
+        ] {
+            let overrides = StreamOverrides::from_toml(toml).unwrap();
+            match StreamSettings::builtin().with_overrides(overrides) {
+                Err(StreamConfigError::Invalid { field: f, reason }) => {
+                    assert_eq!(f, field);
+                    assert_eq!(reason, "must be at most 106751d (the broker's limit)");
+                }
+                other => panic!("{toml}: {other:?}"),
+            }
+        }
+        let longest = StreamOverrides::from_toml("max_age = \"106751d\"").unwrap();
+        let settings = StreamSettings::builtin().with_overrides(longest).unwrap();
+        assert_eq!(settings.max_age, Duration::from_secs(106_751 * 86_400));
     }
 
     #[test]
