@@ -354,7 +354,8 @@ impl AccountTree {
         if self.users_by_email.get(&key) == Some(&user_id) {
             self.users_by_email.remove(&key);
         }
-        for (account_id, invitation_id) in self.invitations_by_email.remove(&key).unwrap_or_default()
+        for (account_id, invitation_id) in
+            self.invitations_by_email.remove(&key).unwrap_or_default()
         {
             if let Some(invitation) = self.invitation_mut(account_id, invitation_id) {
                 invitation.email = Email::erased();

@@ -144,7 +144,10 @@ impl NotificationRouting {
     pub(crate) fn account_part(
         &self,
         account_id: Uuid,
-    ) -> (BTreeMap<Uuid, ContactView>, BTreeMap<Uuid, ContactCategories>) {
+    ) -> (
+        BTreeMap<Uuid, ContactView>,
+        BTreeMap<Uuid, ContactCategories>,
+    ) {
         (
             self.contacts.get(&account_id).cloned().unwrap_or_default(),
             self.opt_ins.get(&account_id).cloned().unwrap_or_default(),
@@ -478,7 +481,8 @@ impl Context<'_> {
                 };
                 let label = service_label(service);
                 let subject = format!("Service renewed for {name}: {label}");
-                let body = format!("{label} of {name} was renewed.\nNext due date: {next_due_date}.");
+                let body =
+                    format!("{label} of {name} was renewed.\nNext due date: {next_due_date}.");
                 let message = Message::new("service_renewed", subject, body)
                     .field("service", &label)
                     .field("next_due_date", next_due_date);
@@ -768,7 +772,10 @@ impl Context<'_> {
         let name = self.account.name.as_str();
         let inviter = self.user_label(invitation.invited_by);
         let permissions = describe_permissions(&invitation.permissions);
-        let expires_at = invitation.expires_at.format("%Y-%m-%d %H:%M UTC").to_string();
+        let expires_at = invitation
+            .expires_at
+            .format("%Y-%m-%d %H:%M UTC")
+            .to_string();
         let subject = format!("Invitation to manage {name}");
         let body = format!(
             "{inviter} invited you to act on behalf of {name} with {permissions}.\n\

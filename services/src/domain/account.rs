@@ -11,9 +11,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use onbehalf_events::account::{InvoiceKind, InvoiceLine, PanelFailure, RemovalReason};
 use onbehalf_events::values::{BillingCycle, Currency, DomainName, Email, Name, ProductKind};
-use onbehalf_events::{
-    AccountEvent, Actor, ContactCategories, Permission, PermissionSet, Product,
-};
+use onbehalf_events::{AccountEvent, Actor, ContactCategories, Permission, PermissionSet, Product};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -962,9 +960,9 @@ impl ClientAccount {
                     .invoices
                     .get(&invoice_id)
                     .ok_or(DomainError::NotFound("invoice"))?;
-                let overdue = invoice.due_date.is_some_and(|due| {
-                    today >= due + Duration::days(i64::from(grace_days))
-                });
+                let overdue = invoice
+                    .due_date
+                    .is_some_and(|due| today >= due + Duration::days(i64::from(grace_days)));
                 if service.cancelled
                     || service.suspended_for.is_some()
                     || invoice.service_id != service_id

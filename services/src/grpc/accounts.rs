@@ -204,7 +204,9 @@ pub(crate) async fn require_registered(app: &App, call: &Call) -> Result<Uuid> {
         ));
     }
     if !user.aggregate.is_active() {
-        return Err(Error::PermissionDenied("the calling user was erased".into()));
+        return Err(Error::PermissionDenied(
+            "the calling user was erased".into(),
+        ));
     }
     Ok(user_id)
 }
@@ -446,7 +448,11 @@ impl Accounts {
         let req = request.into_inner();
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let loaded = app
-            .authorize_read(&call, account_id, Some(onbehalf_events::Permission::Contacts))
+            .authorize_read(
+                &call,
+                account_id,
+                Some(onbehalf_events::Permission::Contacts),
+            )
             .await?;
         let min = req.min_position.max(loaded.position);
         let contacts = app

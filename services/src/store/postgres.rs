@@ -40,7 +40,8 @@ const MIGRATION_LOCK_KEY: i64 = 0x6f6e_6265_6861_6c66; // "onbehalf" in ASCII
 /// Steps are never edited once released: a change is a new step. JSON is stored as `json`, not
 /// `jsonb`, so every value serde_json can produce (a `\u0000` in a string included) is accepted
 /// and read back as written, exactly as the SQLite backend does.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE event_head (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     position  bigint  NOT NULL

@@ -544,10 +544,16 @@ fn append_blocking(conn: &mut Connection, mut batch: AppendBatch) -> StoreResult
     })
 }
 
-fn read_all_in(conn: &Connection, after_position: u64, limit: i64) -> StoreResult<Vec<StoredEvent>> {
+fn read_all_in(
+    conn: &Connection,
+    after_position: u64,
+    limit: i64,
+) -> StoreResult<Vec<StoredEvent>> {
     query_events(
         conn,
-        &format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"),
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+        ),
         params![to_sql_int(after_position), limit],
     )
 }
