@@ -7,7 +7,7 @@ use onbehalf_tests::whm::{FakeWhm, SESSION_PATH};
 use onbehalf_tests::{on_both_backends, request_id, violated_fields, TestServer};
 use tonic::Code;
 
-const REASON: &str = "ticket 4821: the client asked us to correct its billing email";
+const REASON: &str = "the client asked by phone to correct its billing email";
 
 fn profile(account_id: &str, n: u32) -> pb::UpdateAccountProfileRequest {
     pb::UpdateAccountProfileRequest {
@@ -245,7 +245,7 @@ async fn staff_open_a_clients_panel_with_a_reason_on_record() {
         .await;
     assert_eq!(whm.requests(), vec![]);
 
-    let reason = "ticket 4900: site down, checking error logs";
+    let reason = "site down, checking error logs";
     let opened = server
         .staff("juma", Some(reason))
         .hosting()
