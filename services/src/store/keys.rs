@@ -116,23 +116,9 @@ pub(crate) fn seal_batch(
                 let Some(value) = members.get_mut(field) else {
                     continue;
                 };
-                let plain = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.into()))?;
-                let mut nonce = [0u8; NONCE_LEN];
-                rand::rngs::OsRng.fill_bytes(&mut nonce);
                 let aad = associated_data(&key.key_id, event.event_id, field);
-                let sealed = cipher
-                    .encrypt(
-                        &XNonce::from(nonce),
-                        Payload {
-                            msg: &plain,
-                            aad: &aad,
-                        },
-                    )
-                    .map_err(|_| StoreError::Backend("sealing a personal field failed".into()))?;
-                let mut text = Vec::with_capacity(NONCE_LEN + sealed.len());
-                text.extend_from_slice(&nonce);
-                text.extend_from_slice(&sealed);
-                *value = serde_json::json!({ SEALED_MEMBER: encoding().encode(text) });
+                let text = seal_text(&cipher, value, &aad, "a personal field")?;
+                *value = serde_json::json!({ SEALED_MEMBER: text });
             }
         }
         event.key_id = Some(key.key_id.clone());
@@ -234,21 +220,41 @@ fn open_field(
     field: &str,
     text: &str,
 ) -> Option<serde_json::Value> {
+    let aad = associated_data(key_id, event_id, field);
+    open_text(cipher, text, &aad)
+}
+
+/// Encrypts `value`'s JSON under `cipher` with a fresh nonce, bound to `aad`; the nonce leads
+/// the ciphertext in the returned text.
+fn seal_text(
+    cipher: &XChaCha20Poly1305,
+    value: &serde_json::Value,
+    aad: &[u8],
+    what: &str,
+) -> StoreResult<String> {
+    let plain = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.into()))?;
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let sealed = cipher
+        .encrypt(&XNonce::from(nonce), Payload { msg: &plain, aad })
+        .map_err(|_| StoreError::Backend(format!("sealing {what} failed").into()))?;
+    let mut text = Vec::with_capacity(NONCE_LEN + sealed.len());
+    text.extend_from_slice(&nonce);
+    text.extend_from_slice(&sealed);
+    Ok(encoding().encode(text))
+}
+
+/// The JSON value [`seal_text`] sealed, or `None` when `text` does not open under `cipher`
+/// and `aad`.
+fn open_text(cipher: &XChaCha20Poly1305, text: &str, aad: &[u8]) -> Option<serde_json::Value> {
     let bytes = encoding().decode(text).ok()?;
     if bytes.len() < NONCE_LEN {
         return None;
     }
     let (nonce, sealed) = bytes.split_at(NONCE_LEN);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
-    let aad = associated_data(key_id, event_id, field);
     let plain = cipher
-        .decrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: sealed,
-                aad: &aad,
-            },
-        )
+        .decrypt(&XNonce::from(nonce), Payload { msg: sealed, aad })
         .ok()?;
     serde_json::from_slice(&plain).ok()
 }
@@ -267,24 +273,10 @@ fn outcome_data(key_id: &str, actor: &str, request_id: &str) -> Vec<u8> {
 /// email, say), under the key of the batch's last sealed subject.
 fn seal_outcome(request: &mut RequestRecord, key: &DataKey) -> StoreResult<()> {
     let cipher = XChaCha20Poly1305::new(&Key::from(key.bytes));
-    let plain = serde_json::to_vec(&request.outcome).map_err(|e| StoreError::Backend(e.into()))?;
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
     let aad = outcome_data(&key.key_id, &request.actor, &request.request_id);
-    let sealed = cipher
-        .encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: &plain,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| StoreError::Backend("sealing an outcome failed".into()))?;
-    let mut text = Vec::with_capacity(NONCE_LEN + sealed.len());
-    text.extend_from_slice(&nonce);
-    text.extend_from_slice(&sealed);
+    let text = seal_text(&cipher, &request.outcome, &aad, "an outcome")?;
     request.outcome = serde_json::json!({
-        SEALED_MEMBER: encoding().encode(text),
+        SEALED_MEMBER: text,
         OUTCOME_KEY_MEMBER: key.key_id,
     });
     Ok(())
@@ -321,23 +313,9 @@ fn open_outcome(
         ))
     };
     let text = outcome[SEALED_MEMBER].as_str().ok_or_else(corrupt)?;
-    let bytes = encoding().decode(text).map_err(|_| corrupt())?;
-    if bytes.len() < NONCE_LEN {
-        return Err(corrupt());
-    }
-    let (nonce, sealed) = bytes.split_at(NONCE_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| corrupt())?;
     let aad = outcome_data(&key_id, actor, request_id);
-    let plain = XChaCha20Poly1305::new(&Key::from(*key))
-        .decrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: sealed,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| corrupt())?;
-    *outcome = serde_json::from_slice(&plain).map_err(|_| corrupt())?;
+    let cipher = XChaCha20Poly1305::new(&Key::from(*key));
+    *outcome = open_text(&cipher, text, &aad).ok_or_else(corrupt)?;
     Ok(())
 }
 
