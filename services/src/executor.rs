@@ -275,6 +275,15 @@ impl Executor {
     /// `outcome` computes what the caller gets back from the aggregate's state after the
     /// command; it is stored with the events so that a retry with the same request id gets the
     /// same answer and appends nothing.
+    ///
+    /// The first decision is made on the state this process last folded for the stream, when it
+    /// holds one, without reading the log: an append carries the version it was decided on, and
+    /// the store refuses it under the lock that orders the log if the stream has moved since, so
+    /// an accepted command was always decided on the stream's latest state. A decision that
+    /// appends nothing (a refusal or a no-op) has no append to check it, so it is only answered
+    /// once the log confirms the stream has not moved; otherwise it is decided again on the
+    /// events read. The request id is checked the same way: by the append, which refuses a used
+    /// one and hands back its first outcome, and by a lookup only when nothing is appended.
     pub async fn execute<A, T, F>(&self, execution: Execution<A>, outcome: F) -> Result<Executed<T>>
     where
         A: Aggregate<Error = crate::domain::DomainError, Services = ()>
@@ -290,32 +299,54 @@ impl Executor {
         let mut execution = execution;
         execution.metadata.request_id =
             execution.idempotency.as_ref().map(|k| k.request_id.clone());
-        if let Some(key) = &execution.idempotency {
-            if let Some(stored) = self.store.find_request(&actor_key, &key.request_id).await? {
-                return replay(key, stored.request_hash, stored.outcome, stored.position);
-            }
-        }
 
         let _queued = self.streams.lock(&execution.stream_id).await;
+        // Whether the state decided on was read from the log during this execution.
+        let mut confirmed = false;
+        let mut next: Option<Loaded<A>> = None;
         for attempt in 0..MAX_ATTEMPTS {
-            let mut loaded: Loaded<A> = self.load(&execution.stream_id).await?;
+            let mut loaded: Loaded<A> = match (next.take(), self.streams.get::<A>(&execution.stream_id)) {
+                (Some(read), _) => read,
+                (None, Some(cached)) if !confirmed => cached,
+                (None, _) => {
+                    confirmed = true;
+                    self.load(&execution.stream_id).await?
+                }
+            };
+            let decided_on = loaded.version;
             let sink = EventSink::default();
             let decided = loaded
                 .aggregate
                 .handle(execution.command.clone(), &(), &sink)
                 .await;
-            if let Err(refused) = decided {
-                // A first attempt of this request may have committed while this one waited
-                // for the stream: its effect can be what refuses the retry (a second pending
-                // invitation, a paid invoice). The retry answers the first outcome instead.
-                if let Some(first) = self.first_outcome(&execution, &actor_key).await? {
-                    return first;
+            let events = match decided {
+                Ok(()) => sink.collect().await,
+                Err(refused) => {
+                    if !confirmed {
+                        confirmed = true;
+                        next = self.moved(&execution.stream_id, decided_on).await?;
+                        if next.is_some() {
+                            continue;
+                        }
+                    }
+                    // A first attempt of this request may have committed while this one waited
+                    // for the stream: its effect can be what refuses the retry (a second pending
+                    // invitation, a paid invoice). The retry answers the first outcome instead.
+                    if let Some(first) = self.first_outcome(&execution, &actor_key).await? {
+                        return first;
+                    }
+                    return Err(refused.into());
                 }
-                return Err(refused.into());
-            }
-            let events = sink.collect().await;
+            };
             let value = outcome(&loaded.aggregate)?;
             if events.is_empty() {
+                if !confirmed {
+                    confirmed = true;
+                    next = self.moved(&execution.stream_id, decided_on).await?;
+                    if next.is_some() {
+                        continue;
+                    }
+                }
                 if let Some(first) = self.first_outcome(&execution, &actor_key).await? {
                     return first;
                 }
@@ -327,8 +358,7 @@ impl Executor {
             }
 
             let keys = loaded.aggregate.unique_keys(&events);
-            let mut batch =
-                self.batch::<A>(&execution, &actor_key, loaded.version, events, &value)?;
+            let mut batch = self.batch::<A>(&execution, &actor_key, decided_on, events, &value)?;
             batch
                 .reservations
                 .extend(keys.claimed.into_iter().map(Reservation::from));
@@ -346,6 +376,12 @@ impl Executor {
                         // away (an invitee's email); they are folded again from the log.
                         // LIMITATION: only this process forgets its folded states; another API replica keeps deciding on the plain values it folded until it restarts or the stream leaves its cache.
                         self.streams.forget_states();
+                    } else {
+                        // The state the decision left is the fold of the stream up to the
+                        // appended events, so the next command starts from it.
+                        loaded.version = appended.stream_version;
+                        loaded.position = appended.last_position;
+                        self.streams.put(&execution.stream_id, &loaded);
                     }
                     self.appended.send_replace(appended.last_position);
                     tracing::info!(
@@ -358,6 +394,12 @@ impl Executor {
                         position: appended.last_position,
                         replayed: false,
                     });
+                }
+                Err(StoreError::Conflict { .. }) if !confirmed => {
+                    // The folded state was behind the log (another process appended): decide
+                    // again at once on the events read from it.
+                    confirmed = true;
+                    continue;
                 }
                 Err(StoreError::Conflict { .. }) => {
                     // Writers that collided would collide again at once; a short random pause
@@ -380,6 +422,15 @@ impl Executor {
             "{} kept changing concurrently; gave up after {MAX_ATTEMPTS} attempts",
             execution.stream_id
         )))
+    }
+
+    /// The stream as the log holds it now, when it has events after `version`.
+    async fn moved<A>(&self, stream_id: &str, version: u64) -> Result<Option<Loaded<A>>>
+    where
+        A: Aggregate + Clone + 'static,
+    {
+        let loaded = self.load::<A>(stream_id).await?;
+        Ok((loaded.version > version).then_some(loaded))
     }
 
     /// The remembered outcome of this execution's request, when an attempt of it has committed.
