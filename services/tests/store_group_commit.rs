@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use onbehalf::store::keys::Seal;
 use onbehalf::store::postgres::{CommitGate, PostgresStore};
 use onbehalf::store::{
     verify_chain, AppendBatch, Appended, ChainReport, EventAppender, EventReader, NewEvent,
@@ -237,6 +238,85 @@ async fn a_key_claimed_twice_in_a_group_goes_to_the_first_and_a_release_frees_it
         streams,
         vec!["account-gate", "account-a", "account-a", "account-c"]
     );
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+/// An event whose `email` field is sealed under `subject`'s data key; its payload has the shape
+/// serde gives the event enums, `{"<Variant>": {...}}`.
+fn sealing(stream_id: &str, expected_version: u64, subject: &str, email: &str) -> AppendBatch {
+    let mut b = batch(stream_id, expected_version);
+    b.events[0].payload = json!({ "Invited": { "email": email } });
+    b.events[0].seal = Some(Seal {
+        subject: subject.to_owned(),
+        fields: vec!["email".to_owned()],
+    });
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_of_a_group_seal_erase_and_seal_again_as_if_one_after_another() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+
+    let mut erasure = batch("user-a", 2);
+    erasure.events[0].erase = vec!["email-a".to_owned()];
+    let answers = queued_behind_the_lock(
+        &store,
+        vec![
+            sealing("user-a", 0, "email-a", "designer@yourcompany.com"),
+            sealing("user-a", 1, "email-a", "designer@yourcompany.com"),
+            // Loses its race: the key it would create for `email-b` is never stored.
+            sealing("user-b", 3, "email-b", "admin@abc.co.tz"),
+            erasure,
+            sealing("user-a", 3, "email-a", "web@yourcompany.com"),
+        ],
+    )
+    .await;
+    let landed: Vec<Option<u64>> = answers
+        .iter()
+        .map(|a| a.as_ref().ok().map(|a| a.last_position))
+        .collect();
+    assert_eq!(landed, vec![Some(2), Some(3), None, Some(4), Some(5)]);
+
+    // Read back opened: the two events sealed before the erasure read as erased, the one
+    // sealed after it under a new key opens.
+    let log = store.read_all(0, 100).await.unwrap();
+    let emails: Vec<(u64, serde_json::Value)> = log
+        .iter()
+        .filter(|e| e.stream_id == "user-a" && e.payload.get("Invited").is_some())
+        .map(|e| (e.position, e.payload["Invited"]["email"].clone()))
+        .collect();
+    let erased = onbehalf_events::personal::erased_value("email");
+    assert_eq!(
+        emails,
+        vec![
+            (2, erased.clone()),
+            (3, erased),
+            (5, json!("web@yourcompany.com"))
+        ]
+    );
+    let key_ids: Vec<Option<String>> = log.iter().map(|e| e.key_id.clone()).collect();
+    assert_eq!(key_ids[1], key_ids[2], "one key for both appends before the erasure");
+    assert_ne!(key_ids[1], key_ids[4], "a new key after the erasure");
+
+    // The table holds exactly the key made after the erasure.
+    let client = db.client().await.unwrap();
+    let rows: Vec<(String, String)> = client
+        .query("SELECT subject, key_id FROM data_keys ORDER BY subject", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![("email-a".to_owned(), key_ids[4].clone().unwrap())]);
+    assert!(matches!(
+        verify_chain(&store, 100).await.unwrap(),
+        ChainReport::Intact { head: 5, .. }
+    ));
+    drop(client);
     drop(store);
     db.drop_database().await.unwrap();
 }

@@ -461,59 +461,121 @@ CREATE TABLE data_keys (
         }
     }
 
-    /// Seals the batch's personal fields, creating missing keys, then deletes the keys of the
-    /// subjects it erases; all inside the caller's transaction, which holds the head lock, so
-    /// no other append creates a key for the same subject meanwhile.
-    pub(crate) async fn prepare(
-        tx: &impl GenericClient,
-        batch: &mut AppendBatch,
-    ) -> StoreResult<()> {
-        let mut keys = HashMap::new();
-        for subject in subjects_to_seal(batch) {
-            let found = tx
-                .query_opt(
-                    "SELECT key_id, key_bytes FROM data_keys WHERE subject = $1",
-                    &[&subject],
+    /// The data keys of a group of appends, as they stand after the appends sealed so far.
+    ///
+    /// The keys the group's appends will seal under are read in one statement; an append then
+    /// seals under them ([`GroupKeys::seal`]), creating in memory the keys its subjects lack, and
+    /// its erasures drop keys ([`GroupKeys::erase`]), in queue order, so that each append sees
+    /// the keys as the earlier ones left them. [`GroupKeys::write`] then brings the table there
+    /// in at most two statements.
+    #[derive(Debug, Default)]
+    pub(crate) struct GroupKeys {
+        keys: HashMap<String, DataKey>,
+        /// Subjects whose keys this group created, with the commit time of the creating append.
+        created: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+        erased: BTreeSet<String>,
+    }
+
+    impl GroupKeys {
+        /// Reads the stored keys of every subject the batches seal under.
+        pub(crate) async fn read(
+            tx: &impl GenericClient,
+            batches: &[AppendBatch],
+        ) -> StoreResult<GroupKeys> {
+            let subjects: BTreeSet<String> = batches.iter().flat_map(subjects_to_seal).collect();
+            let mut group = GroupKeys::default();
+            if subjects.is_empty() {
+                return Ok(group);
+            }
+            let subjects: Vec<String> = subjects.into_iter().collect();
+            let rows = tx
+                .query(
+                    // One index probe per subject, whatever the plan.
+                    "SELECT d.subject, d.key_id, d.key_bytes FROM unnest($1::text[]) AS k(subject) \
+                     JOIN data_keys d ON d.subject = k.subject",
+                    &[&subjects],
                 )
                 .await
                 .map_err(backend)?;
-            let key = match found {
-                Some(row) => {
-                    let key_id: String = row.try_get(0).map_err(backend)?;
-                    let bytes: Vec<u8> = row.try_get(1).map_err(backend)?;
-                    DataKey {
-                        bytes: key_bytes(bytes, &key_id)?,
-                        key_id,
-                    }
+            for row in rows {
+                let subject: String = row.try_get(0).map_err(backend)?;
+                let key_id: String = row.try_get(1).map_err(backend)?;
+                let bytes: Vec<u8> = row.try_get(2).map_err(backend)?;
+                let key = DataKey {
+                    bytes: key_bytes(bytes, &key_id)?,
+                    key_id,
+                };
+                group.keys.insert(subject, key);
+            }
+            Ok(group)
+        }
+
+        /// Seals `batch` under the keys of its subjects, creating the missing ones; returns the
+        /// subjects it created keys for, which [`forget`](Self::forget) takes back if the
+        /// append is not accepted after all.
+        pub(crate) fn seal(&mut self, batch: &mut AppendBatch) -> StoreResult<Vec<String>> {
+            let mut created = Vec::new();
+            for subject in subjects_to_seal(batch) {
+                if !self.keys.contains_key(&subject) {
+                    self.keys.insert(subject.clone(), DataKey::generate());
+                    created.push(subject);
                 }
-                None => {
-                    let key = DataKey::generate();
-                    tx.execute(
-                        "INSERT INTO data_keys (key_id, subject, key_bytes, created_at) \
-                         VALUES ($1, $2, $3, $4)",
-                        &[
-                            &key.key_id,
-                            &subject,
-                            &key.bytes.as_slice(),
-                            &batch.occurred_at,
-                        ],
-                    )
+            }
+            seal_batch(batch, &self.keys)?;
+            seal_request(batch, &self.keys)?;
+            Ok(created)
+        }
+
+        /// Takes back the keys [`seal`](Self::seal) created for an append that was refused.
+        pub(crate) fn forget(&mut self, created: Vec<String>) {
+            for subject in created {
+                self.keys.remove(&subject);
+            }
+        }
+
+        /// Records an accepted append: the keys it created are kept, the subjects it erases
+        /// lose theirs.
+        pub(crate) fn accept(&mut self, batch: &AppendBatch, created: Vec<String>) {
+            self.created
+                .extend(created.into_iter().map(|s| (s, batch.occurred_at)));
+            for subject in subjects_to_erase(batch) {
+                self.keys.remove(&subject);
+                self.created.remove(&subject);
+                self.erased.insert(subject);
+            }
+        }
+
+        /// Deletes the erased subjects' stored keys, then stores the keys created and kept.
+        pub(crate) async fn write(&self, tx: &impl GenericClient) -> StoreResult<()> {
+            if !self.erased.is_empty() {
+                let erased: Vec<&String> = self.erased.iter().collect();
+                tx.execute("DELETE FROM data_keys WHERE subject = ANY($1)", &[&erased])
                     .await
                     .map_err(backend)?;
-                    key
+            }
+            let mut key_ids = Vec::new();
+            let mut subjects = Vec::new();
+            let mut bytes = Vec::new();
+            let mut times = Vec::new();
+            for (subject, at) in &self.created {
+                if let Some(key) = self.keys.get(subject) {
+                    key_ids.push(key.key_id.as_str());
+                    subjects.push(subject.as_str());
+                    bytes.push(key.bytes.as_slice());
+                    times.push(*at);
                 }
-            };
-            keys.insert(subject, key);
-        }
-        seal_batch(batch, &keys)?;
-        seal_request(batch, &keys)?;
-        let erased = subjects_to_erase(batch);
-        if !erased.is_empty() {
-            tx.execute("DELETE FROM data_keys WHERE subject = ANY($1)", &[&erased])
+            }
+            if !key_ids.is_empty() {
+                tx.execute(
+                    "INSERT INTO data_keys (key_id, subject, key_bytes, created_at) \
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[])",
+                    &[&key_ids, &subjects, &bytes, &times],
+                )
                 .await
                 .map_err(backend)?;
+            }
+            Ok(())
         }
-        Ok(())
     }
 
     /// Opens a remembered outcome read through `client`.

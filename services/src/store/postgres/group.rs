@@ -200,7 +200,13 @@ pub(super) async fn commit(
         .transpose()?;
     let mut link = crate::store::head_link(head, stored)?;
 
-    let (mut requests, mut versions, db_holders, stored_ids) = read_state(&tx, &batches).await?;
+    // The data keys are read beside the state, in the same round trip.
+    let (state, keys) = tokio::join!(
+        read_state(&tx, &batches),
+        crate::store::keys::postgres::GroupKeys::read(&tx, &batches)
+    );
+    let (mut requests, mut versions, db_holders, stored_ids) = state?;
+    let mut keys = keys?;
 
     let mut holders: Holders = db_holders.clone();
     let mut seen_ids: HashSet<Uuid> = HashSet::new();
@@ -235,11 +241,11 @@ pub(super) async fn commit(
         // What a retry within this group is given back: the outcome as the caller wrote it.
         let plain_outcome = batch.request.as_ref().map(|r| r.outcome.clone());
         // Sealing comes before hashing: the chain covers the event as stored.
-        // LIMITATION: each append's data keys are looked up (and created) by statements of its own, one append after another under the lock, rather than for the whole group at once.
-        crate::store::keys::postgres::prepare(&tx, &mut batch).await?;
+        let created = keys.seal(&mut batch)?;
         let links = match crate::store::batch_hashes(&batch, stored_at, position, actual, link) {
             Ok(links) => links,
             Err(e) => {
+                keys.forget(created);
                 results.push(Err(e));
                 continue;
             }
@@ -255,8 +261,10 @@ pub(super) async fn commit(
             }
         }
         if metadata.len() != batch.events.len() {
+            keys.forget(created);
             continue;
         }
+        keys.accept(&batch, created);
 
         let first = position + 1;
         let mut version = actual;
@@ -311,6 +319,7 @@ pub(super) async fn commit(
         return Ok(results);
     }
     write_reservations(&tx, &db_holders, &holders).await?;
+    keys.write(&tx).await?;
     write_events(&tx, &rows).await?;
     write_requests(&tx, &request_rows).await?;
     let advance = tx
