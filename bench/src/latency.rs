@@ -1,6 +1,6 @@
 //! Latencies over gRPC: `CheckPermission` beside a no-op RPC on the same server behind the same
 //! authentication, and read-your-writes (a command's response, then a read with its position as
-//! `min_position`).
+//! `min_position`), on the server that took the command and on another API replica.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,8 +10,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use onbehalf_proto::v1 as pb;
+use rand::Rng;
 use tonic::transport::Channel;
 
+use crate::replicas::{NatsUnreachable, Replicas};
 use crate::seed::{designer_id, mix_account_id, mix_owner_id, MixSetup};
 use crate::served::{authorized, Backend, Served};
 use crate::throughput::percentile;
@@ -254,6 +256,9 @@ fn backend_name(backend: Backend) -> &'static str {
     }
 }
 
+/// The store label of the read-your-writes row measured across API replicas.
+pub const ACROSS_REPLICAS: &str = "distributed, read on another replica (PostgreSQL + JetStream)";
+
 /// Read-your-writes: an owner invites an address, then lists the account's invitations with the
 /// invitation's position as `min_position`; the read's latency is the time from the command's
 /// response until the read model has the invitation and answers.
@@ -266,68 +271,147 @@ pub async fn read_your_writes(
     let served = Served::start(backend, admin_url, setup, false).await?;
     let result = async {
         let channel = served.channels(1).await?.remove(0);
-        let mut invitations = pb::invitation_service_client::InvitationServiceClient::new(channel);
-        let warmup = plan.fresh_samples / 10 + 1;
-        let (mut reads, mut commands) = (Vec::new(), Vec::new());
-        for i in 0..warmup + plan.fresh_samples {
-            let account = i % setup.accounts;
-            let owner = served.token(&mix_owner_id(account).to_string(), None)?;
-            let started = Instant::now();
-            let invited = invitations
-                .invite_user(authorized(
-                    pb::InviteUserRequest {
-                        account_id: mix_account_id(account).to_string(),
-                        email: format!("fresh{i}@yourcompany.com"),
-                        permissions: vec![pb::Permission::Invoices as i32],
-                        full_access: false,
-                        request_id: format!("fresh-{i}"),
-                    },
-                    &owner,
-                )?)
-                .await
-                .map_err(|e| BenchError::Setup(format!("InviteUser: {e}")))?
-                .into_inner();
-            let answered = Instant::now();
-            let listed = invitations
-                .list_invitations(authorized(
-                    pb::ListInvitationsRequest {
-                        account_id: mix_account_id(account).to_string(),
-                        min_position: invited.position,
-                        ..Default::default()
-                    },
-                    &owner,
-                )?)
-                .await
-                .map_err(|e| BenchError::Setup(format!("ListInvitations: {e}")))?
-                .into_inner();
-            let read = answered.elapsed();
-            let wanted = invited.invitation.map(|inv| inv.invitation_id);
-            if !listed
-                .invitations
-                .iter()
-                .any(|inv| Some(&inv.invitation_id) == wanted.as_ref())
-            {
-                return Err(BenchError::Setup(
-                    "a read at the command's position did not show its invitation".into(),
-                ));
-            }
-            if i >= warmup {
-                reads.push(read);
-                commands.push(answered - started);
-            }
-        }
-        let row = FreshRow {
-            store: backend_name(backend),
-            read: quantiles(reads),
-            command: quantiles(commands),
-        };
-        println!(
-            "  {}: read {:?}, command {:?}",
-            row.store, row.read, row.command
-        );
-        Ok::<_, BenchError>(row)
+        sample_fresh(
+            backend_name(backend),
+            &served,
+            channel.clone(),
+            channel,
+            setup,
+            plan,
+            Duration::ZERO,
+        )
+        .await
     }
     .await;
     served.stop().await?;
     result
+}
+
+/// Read-your-writes across API replicas, the distributed mode as production runs it: the
+/// command goes to replica A, the read at its position to replica B, which learns of the write
+/// only once the relay has published it to JetStream, the projection worker has written it into
+/// the read models in PostgreSQL, and B's mirror of them has followed the worker's `NOTIFY`.
+///
+/// The relay looks at the log again only a poll interval after it last found it empty, so a
+/// caller that writes right after its previous read would always land early in that interval;
+/// a pause drawn uniformly from zero to the poll interval before each command (not counted)
+/// lets the writes arrive at any moment of it, as independent clients' do.
+///
+/// `None` when no NATS server answers at `nats_url` (said on the output).
+pub async fn read_across_replicas(
+    admin_url: &str,
+    nats_url: &str,
+    setup: MixSetup,
+    plan: Plan,
+) -> Result<Option<FreshRow>, BenchError> {
+    let replicas = match Replicas::start(admin_url, nats_url, setup).await? {
+        Ok(replicas) => replicas,
+        Err(NatsUnreachable(e)) => {
+            println!("  {ACROSS_REPLICAS}: skipped, NATS not reachable at {nats_url}: {e}");
+            return Ok(None);
+        }
+    };
+    println!(
+        "  {ACROSS_REPLICAS}: stream {}, consumer {}, relay polling every {} ms when idle",
+        replicas.stream,
+        replicas.consumer,
+        replicas.relay_poll.as_millis()
+    );
+    let result = async {
+        let writer = replicas.writer.channels(1).await?.remove(0);
+        let reader = crate::served::connect(&replicas.reader_url).await?;
+        sample_fresh(
+            ACROSS_REPLICAS,
+            &replicas.writer,
+            writer,
+            reader,
+            setup,
+            plan,
+            replicas.relay_poll,
+        )
+        .await
+    }
+    .await;
+    replicas.stop().await?;
+    result.map(Some)
+}
+
+/// `InviteUser` through `writer`, then `ListInvitations` at its position through `reader`, one
+/// caller, `plan.fresh_samples` times after a tenth as many warm-up samples; every read must
+/// show the invitation. Before each command the caller pauses for a time drawn uniformly below
+/// `pause` (none when zero), which is not counted.
+async fn sample_fresh(
+    store: &'static str,
+    served: &Served,
+    writer: Channel,
+    reader: Channel,
+    setup: MixSetup,
+    plan: Plan,
+    pause: Duration,
+) -> Result<FreshRow, BenchError> {
+    let mut invitations = pb::invitation_service_client::InvitationServiceClient::new(writer);
+    let mut lists = pb::invitation_service_client::InvitationServiceClient::new(reader);
+    let warmup = plan.fresh_samples / 10 + 1;
+    let (mut reads, mut commands) = (Vec::new(), Vec::new());
+    for i in 0..warmup + plan.fresh_samples {
+        let account = i % setup.accounts;
+        let owner = served.token(&mix_owner_id(account).to_string(), None)?;
+        if !pause.is_zero() {
+            let wait = rand::thread_rng().gen_range(Duration::ZERO..pause);
+            tokio::time::sleep(wait).await;
+        }
+        let started = Instant::now();
+        let invited = invitations
+            .invite_user(authorized(
+                pb::InviteUserRequest {
+                    account_id: mix_account_id(account).to_string(),
+                    email: format!("fresh{i}@yourcompany.com"),
+                    permissions: vec![pb::Permission::Invoices as i32],
+                    full_access: false,
+                    request_id: format!("fresh-{i}"),
+                },
+                &owner,
+            )?)
+            .await
+            .map_err(|e| BenchError::Setup(format!("InviteUser: {e}")))?
+            .into_inner();
+        let answered = Instant::now();
+        let listed = lists
+            .list_invitations(authorized(
+                pb::ListInvitationsRequest {
+                    account_id: mix_account_id(account).to_string(),
+                    min_position: invited.position,
+                    ..Default::default()
+                },
+                &owner,
+            )?)
+            .await
+            .map_err(|e| BenchError::Setup(format!("ListInvitations: {e}")))?
+            .into_inner();
+        let read = answered.elapsed();
+        let wanted = invited.invitation.map(|inv| inv.invitation_id);
+        if !listed
+            .invitations
+            .iter()
+            .any(|inv| Some(&inv.invitation_id) == wanted.as_ref())
+        {
+            return Err(BenchError::Setup(
+                "a read at the command's position did not show its invitation".into(),
+            ));
+        }
+        if i >= warmup {
+            reads.push(read);
+            commands.push(answered - started);
+        }
+    }
+    let row = FreshRow {
+        store,
+        read: quantiles(reads),
+        command: quantiles(commands),
+    };
+    println!(
+        "  {}: read {:?}, command {:?}",
+        row.store, row.read, row.command
+    );
+    Ok(row)
 }

@@ -24,6 +24,7 @@ mod audit_export;
 mod latency;
 mod memory;
 mod replay;
+mod replicas;
 mod seed;
 mod served;
 mod throughput;
@@ -31,6 +32,10 @@ mod throughput;
 /// The PostgreSQL server the bench creates its database on unless told otherwise: the local
 /// test server.
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The NATS server (with JetStream) the bench creates its throwaway stream on unless told
+/// otherwise: the local one.
+const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,10 @@ struct LatencyArgs {
     /// The PostgreSQL server to create the bench's throwaway databases on.
     #[arg(long, default_value = DEFAULT_DATABASE_URL)]
     database_url: String,
+    /// The NATS server with JetStream to create the bench's throwaway stream on, for
+    /// read-your-writes across replicas; that row is skipped when none answers.
+    #[arg(long, default_value = DEFAULT_NATS_URL)]
+    nats_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +112,9 @@ struct AllArgs {
     /// The PostgreSQL server to create the bench's throwaway databases on.
     #[arg(long, default_value = DEFAULT_DATABASE_URL)]
     database_url: String,
+    /// The NATS server with JetStream to create the bench's throwaway stream on.
+    #[arg(long, default_value = DEFAULT_NATS_URL)]
+    nats_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -209,7 +221,10 @@ async fn latency_tables(args: &LatencyArgs) -> Result<(), BenchError> {
         "latency parameters: {} client accounts; per caller count {} warm-up + {} rounds of {} s \
          of each call, alternating; CheckPermission by a service token with access:check on a \
          rotating account and user; read-your-writes: {} InviteUser then ListInvitations with \
-         its position as min_position, one caller",
+         its position as min_position, one caller, on the same server, then across replicas \
+         (InviteUser to replica A, ListInvitations to replica B, both reading the read models in \
+         PostgreSQL that a relay to JetStream and a projection worker feed, all in this process; \
+         a random pause below the relay's poll interval before each InviteUser, not counted)",
         setup.accounts, plan.warmup, plan.rounds, plan.seconds, plan.fresh_samples
     );
     let mut checks = Vec::new();
@@ -220,6 +235,9 @@ async fn latency_tables(args: &LatencyArgs) -> Result<(), BenchError> {
         );
         fresh.push(latency::read_your_writes(backend, &args.database_url, setup, plan).await?);
     }
+    fresh.extend(
+        latency::read_across_replicas(&args.database_url, &args.nats_url, setup, plan).await?,
+    );
     println!();
     println!("| server store | callers | no-op p50 / p99 / p99.9 ms | CheckPermission p50 / p99 / p99.9 ms | p99 ÷ no-op p99 | calls |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -299,6 +317,7 @@ async fn all_bench(args: AllArgs) -> Result<(), BenchError> {
         rounds: 3,
         samples: 500,
         database_url: args.database_url.clone(),
+        nats_url: args.nats_url.clone(),
     })
     .await?;
     println!();

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use onbehalf::auth::{self, Signer};
-use onbehalf::server::{RunningServer, ServerConfig};
+use onbehalf::server::{ReadModelSource, RunningServer, ServerConfig};
 use onbehalf::tokens::{InvitationTokens, TokenClaims};
 use onbehalf_proto::v1 as pb;
 use tonic::transport::Channel;
@@ -33,18 +33,32 @@ pub struct Served {
     signer: Signer,
     /// The server's invitation tokens (the bench plays the invitee's mailbox).
     pub invitations: InvitationTokens,
+    config: ServerConfig,
     _data_dir: TempDir,
     database: Option<BenchDatabase>,
 }
 
 impl Served {
     /// Seeds `setup` into a fresh store of `backend`, then starts the server on it, with the
-    /// no-op RPC mounted behind its authentication when `noop` is set.
+    /// no-op RPC mounted behind its authentication when `noop` is set; reads are answered from
+    /// read models folded from the log in the server's process.
     pub async fn start(
         backend: Backend,
         admin_url: &str,
         setup: MixSetup,
         noop: bool,
+    ) -> Result<Served, BenchError> {
+        Self::start_reading(backend, admin_url, setup, noop, ReadModelSource::Log).await
+    }
+
+    /// [`Served::start`] with reads answered from `read_models`; [`ReadModelSource::Postgres`]
+    /// needs [`Backend::Postgres`] and projection workers writing the read models.
+    pub async fn start_reading(
+        backend: Backend,
+        admin_url: &str,
+        setup: MixSetup,
+        noop: bool,
+        read_models: ReadModelSource,
     ) -> Result<Served, BenchError> {
         let data_dir = TempDir::new()?;
         let database = match backend {
@@ -56,13 +70,16 @@ impl Served {
             .parse()
             .map_err(|e| BenchError::Setup(format!("listen address: {e}")))?;
         config.database_url = database.as_ref().map(|d| d.url.clone());
+        config.read_models = read_models;
         let store = onbehalf::server::open_store(&config).await?;
         crate::seed::seed_mix(store.clone(), setup, 16).await?;
         drop(store);
 
-        let running =
-            onbehalf::server::spawn_with_service(config, noop.then_some(crate::latency::Noop))
-                .await?;
+        let running = onbehalf::server::spawn_with_service(
+            config.clone(),
+            noop.then_some(crate::latency::Noop),
+        )
+        .await?;
         let url = format!("http://{}", running.addr);
         let (key, _) = auth::ensure_dev_keypair(&data_dir.0)?;
         let signer = Signer::load(&key, auth::DEFAULT_ISSUER, auth::DEFAULT_ISSUER)?;
@@ -75,9 +92,24 @@ impl Served {
             url,
             signer,
             invitations,
+            config,
             _data_dir: data_dir,
             database,
         })
+    }
+
+    /// The PostgreSQL database the server's log is in, for [`Backend::Postgres`].
+    pub fn database_url(&self) -> Option<&str> {
+        self.database.as_ref().map(|d| d.url.as_str())
+    }
+
+    /// Starts another API replica on the same log and data directory (so the same signing keys
+    /// and invitation secret: this server's tokens are good on it), on a loopback port of its
+    /// own, reading from `read_models`. The caller shuts it down before [`Served::stop`].
+    pub async fn replica(&self, read_models: ReadModelSource) -> Result<RunningServer, BenchError> {
+        let mut config = self.config.clone();
+        config.read_models = read_models;
+        Ok(onbehalf::server::spawn(config).await?)
     }
 
     /// A bearer token for `sub` (a user id, or `service:<name>`) with `scope`.
@@ -91,13 +123,7 @@ impl Served {
     pub async fn channels(&self, connections: usize) -> Result<Vec<Channel>, BenchError> {
         let mut channels = Vec::new();
         for _ in 0..connections.max(1) {
-            let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
-                .map_err(|e| BenchError::Setup(format!("endpoint: {e}")))?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(|e| BenchError::Setup(format!("cannot connect to the server: {e}")))?;
-            channels.push(channel);
+            channels.push(connect(&self.url).await?);
         }
         Ok(channels)
     }
@@ -110,6 +136,16 @@ impl Served {
         }
         Ok(())
     }
+}
+
+/// A plain-text channel to the server at `url` (`http://127.0.0.1:<port>`).
+pub async fn connect(url: &str) -> Result<Channel, BenchError> {
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| BenchError::Setup(format!("endpoint: {e}")))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| BenchError::Setup(format!("cannot connect to the server: {e}")))
 }
 
 /// `message` with `authorization: Bearer <token>`.
