@@ -1013,7 +1013,8 @@ pub struct RelayConfig {
     pub stream: StreamSettings,
     /// How many events are read from the log at a time; the checkpoint is saved after each batch.
     pub batch_size: usize,
-    /// How long an idle active relay waits before reading the log again.
+    /// How long an idle active relay waits before reading the log again when no commit is
+    /// announced meanwhile (appends announce theirs at commit, waking the relay at once).
     pub poll_interval: Duration,
     /// How often a standby tries to take the lease.
     pub lease_retry: Duration,
@@ -1252,14 +1253,21 @@ pub fn spawn_on(store: PostgresStore, config: RelayConfig) -> Result<RelayHandle
 
     let (status_tx, status_rx) = watch::channel(RelayStatus::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (head_tx, head) = watch::channel(0);
+    let follower = tokio::spawn(follow_appends(store.clone(), head_tx, stop_rx.clone()));
     let relay = Relay {
         store,
         db_config,
         config,
         status: status_tx,
         stop: stop_rx,
+        head,
     };
-    let task = tokio::spawn(relay.run());
+    let task = tokio::spawn(async move {
+        let result = relay.run().await;
+        follower.abort();
+        result
+    });
     Ok(RelayHandle {
         status: status_rx,
         stop: stop_tx,
@@ -1284,6 +1292,8 @@ struct Relay {
     config: RelayConfig,
     status: watch::Sender<RelayStatus>,
     stop: watch::Receiver<bool>,
+    /// The log's head as the commits of appends announce it ([`follow_appends`]).
+    head: watch::Receiver<u64>,
 }
 
 impl Relay {
@@ -1502,7 +1512,7 @@ impl Relay {
                         return Ok(Exit::LeaseLost(err));
                     }
                 }
-                self.pause(self.config.poll_interval).await;
+                self.wait_for_appends(acknowledged).await;
                 continue;
             }
             if caught_up {
@@ -1657,6 +1667,23 @@ impl Relay {
         *self.stop.borrow() || self.stop.has_changed().is_err()
     }
 
+    /// Waits until an append past `acknowledged` is announced, the poll interval has passed,
+    /// or the relay is told to stop. The poll interval bounds the wait while no notification
+    /// arrives (the listening connection is down, or the append was made by a release that did
+    /// not announce).
+    async fn wait_for_appends(&mut self, acknowledged: u64) {
+        if self.stopping() {
+            return;
+        }
+        let poll = tokio::time::sleep(self.config.poll_interval);
+        let announced = self.head.wait_for(|head| *head > acknowledged);
+        tokio::select! {
+            () = poll => {}
+            _ = announced => {}
+            _ = self.stop.changed() => {}
+        }
+    }
+
     /// Sleeps for `duration`; `true` if the relay was told to stop meanwhile.
     async fn pause(&mut self, duration: Duration) -> bool {
         if self.stopping() {
@@ -1665,6 +1692,28 @@ impl Relay {
         tokio::select! {
             () = tokio::time::sleep(duration) => self.stopping(),
             _ = self.stop.changed() => true,
+        }
+    }
+}
+
+/// Keeps `head` at the log's head as the commits of appends announce it, listening again a
+/// second after the listening connection fails, until the relay is told to stop.
+async fn follow_appends(
+    store: PostgresStore,
+    head: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let listened = tokio::select! {
+            result = store.follow_appends(&head) => result,
+            _ = stop.changed() => return,
+        };
+        if let Err(err) = listened {
+            tracing::warn!(error = %err, "not notified of appends; polling the log until listening again");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
         }
     }
 }

@@ -20,7 +20,7 @@ use onbehalf::error::Error;
 use onbehalf::executor::{Executed, Execution, Executor, Idempotency};
 use onbehalf::store::postgres::PostgresStore;
 use onbehalf::store::sqlite::SqliteStore;
-use onbehalf::store::{EventReader, EventStore};
+use onbehalf::store::EventStore;
 use onbehalf::testing::{postgres_test_database, TempDataDir};
 use onbehalf_events::values::{Email, Name};
 use onbehalf_events::{account_stream, Actor, Metadata, Permission, PermissionSet};

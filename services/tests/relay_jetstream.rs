@@ -713,3 +713,32 @@ async fn a_holder_cut_off_from_postgresql_stops_publishing_and_the_successor_los
     drop(partition);
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_commit_wakes_an_idle_relay_long_before_its_poll_interval() {
+    let Some((db, nats)) = services().await else {
+        return;
+    };
+    let mut log = Log::open(&db).await;
+    log.commit(2).await;
+
+    // A poll interval the test never waits out: only the commit's notification can wake the
+    // relay in time.
+    let mut config = config(&db, &nats);
+    config.poll_interval = Duration::from_secs(600);
+    let mut relay = relay::spawn(config).await.unwrap();
+    wait_caught_up(&mut relay, 2).await;
+    // The relay went idle after its first read; let it settle into its wait.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    log.commit(3).await;
+    let woken = relay
+        .wait_for(Duration::from_secs(10), |s| s.caught_up && s.checkpoint == 5)
+        .await;
+    assert!(woken.is_ok(), "the relay slept through the commit: {woken:?}");
+    assert_eq!(relay.status().published, 5);
+    assert_stream_holds_the_log(&nats, &log).await;
+
+    relay.shutdown().await.unwrap();
+    db.drop_database().await.unwrap();
+}

@@ -490,9 +490,11 @@ CREATE TABLE data_keys (
             let subjects: Vec<String> = subjects.into_iter().collect();
             let rows = tx
                 .query(
-                    // One index probe per subject, whatever the plan.
-                    "SELECT d.subject, d.key_id, d.key_bytes FROM unnest($1::text[]) AS k(subject) \
-                     JOIN data_keys d ON d.subject = k.subject",
+                    // One index probe per subject, whatever the plan: the `LIMIT` keeps the
+                    // planner from flattening the subquery into a join that scans the table.
+                    "SELECT d.* FROM unnest($1::text[]) AS k(subject) \
+                     CROSS JOIN LATERAL (SELECT d.subject, d.key_id, d.key_bytes FROM data_keys d \
+                     WHERE d.subject = k.subject LIMIT 1) d",
                     &[&subjects],
                 )
                 .await

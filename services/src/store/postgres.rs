@@ -32,6 +32,11 @@ use super::{
 
 mod group;
 
+/// The notification channel every append's commit notifies, with the new head position as its
+/// payload, so that readers of the log in other processes (the relay, API replicas reading the
+/// log) learn of it without polling.
+pub const APPENDED_CHANNEL: &str = "onbehalf_appended";
+
 /// The key of the advisory lock that serialises migrations of one database across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x6f6e_6265_6861_6c66; // "onbehalf" in ASCII
 
@@ -122,6 +127,8 @@ impl Default for PostgresOptions {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// How to open a connection of its own, for listening.
+    config: tokio_postgres::Config,
     call_timeout: Duration,
     committer: Arc<group::Committer>,
 }
@@ -183,7 +190,7 @@ impl PostgresStore {
             .tcp_user_timeout(Duration::from_secs(30));
 
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             // `Fast` replaces connections whose socket has closed; a server restart closes them
             // all, so that is enough to recover without a query per checkout.
@@ -202,6 +209,7 @@ impl PostgresStore {
 
         let store = PostgresStore {
             pool,
+            config,
             call_timeout: options.call_timeout,
             committer: Arc::default(),
         };
@@ -218,6 +226,62 @@ impl PostgresStore {
             .map_err(map_err)?;
         let version: i32 = row.try_get(0).map_err(corrupt)?;
         u32::try_from(version).map_err(|_| StoreError::Corrupt(format!("schema version {version}")))
+    }
+
+    /// Listens on a connection of its own for the commits of appends made by any process on
+    /// this database, and sends the log's head position on `head` when it starts listening and
+    /// after each commit. Returns an error when the connection cannot be opened or ends; the
+    /// caller decides when to listen again, and keeps polling meanwhile.
+    ///
+    /// A notification can be lost only with its connection, so a follower that polls slowly
+    /// while listening sees every append at once, and every append within its poll interval
+    /// when the listening connection is down.
+    pub async fn follow_appends(&self, head: &tokio::sync::watch::Sender<u64>) -> StoreResult<()> {
+        let (client, mut connection) = self.config.connect(NoTls).await.map_err(map_err)?;
+        let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(note))) => {
+                        if notes_tx.send(note).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return,
+                }
+            }
+        });
+        let listened = async {
+            client
+                .batch_execute(&format!("LISTEN {APPENDED_CHANNEL}"))
+                .await
+                .map_err(map_err)?;
+            // Appends committed before LISTEN took effect are found by reading the head.
+            let row = client
+                .query_one("SELECT position FROM event_head WHERE singleton", &[])
+                .await
+                .map_err(map_err)?;
+            let position: i64 = row.try_get(0).map_err(corrupt)?;
+            head.send_replace(to_u64(position, "head position")?);
+            while let Some(note) = notes.recv().await {
+                match note.payload().parse::<u64>() {
+                    Ok(position) => {
+                        head.send_replace(position);
+                    }
+                    Err(_) => tracing::warn!(
+                        channel = APPENDED_CHANNEL,
+                        "ignoring a notification that names no position"
+                    ),
+                }
+            }
+            Err(StoreError::Unavailable(
+                "the connection listening for appends ended".into(),
+            ))
+        }
+        .await;
+        driver.abort();
+        listened
     }
 
     /// Appends like [`EventAppender::append`], but after taking its positions and writing its

@@ -13,8 +13,9 @@
 //! appends of the group leave it: its request id, the stream version it expects, the unique keys
 //! it claims and releases, its event ids. One that fails a check is answered with that error and
 //! leaves nothing in the group; the others go on. The checks read everything they need in a few
-//! statements after taking the lock, decide in memory, and the accepted appends are written with
-//! one statement per table. Positions and the hash chain are assigned in queue order, so the
+//! statements sent right behind the locking one, decide in memory, and the accepted appends are
+//! written with one statement per table, all sent together; a group costs four round trips
+//! (begin, lock and reads, writes, commit) whatever its size. Positions and the hash chain are assigned in queue order, so the
 //! group lands as if its appends had committed one after another, and readers see all of it at
 //! once, at commit. A failure of the transaction itself (the connection, the commit) fails every
 //! append of the group alike.
@@ -179,32 +180,54 @@ pub(super) async fn commit(
         .prepare_cached("SELECT position FROM event_head WHERE singleton FOR UPDATE")
         .await
         .map_err(map_err)?;
-    let head: i64 = tx
-        .query_one(&head_stmt, &[])
+    // The head event's hash, by a statement of its own, so that it reads with a snapshot taken
+    // after the lock was granted: a join in the locking statement would see the head event as
+    // of before the wait.
+    let link_stmt = tx
+        .prepare_cached(
+            // A lookup by primary key whatever the table's statistics say: a join here can be
+            // planned as a scan of the whole log while the statistics are young.
+            "SELECT hash FROM events \
+             WHERE position = (SELECT position FROM event_head WHERE singleton)",
+        )
         .await
+        .map_err(map_err)?;
+    let (locked, link_row, state, keys) = {
+        let mut lock = std::pin::pin!(tx.query_one(&head_stmt, &[]));
+        // Polled once on its own, the locking statement is on the wire before any read below. The
+        // server runs one connection's statements in the order they arrive, so every read runs
+        // after the lock is granted, with a snapshot that holds the previous holder's commit, while
+        // all of them cost one round trip together.
+        let mut locked_early = None;
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(result) = std::future::Future::poll(lock.as_mut(), cx) {
+                locked_early = Some(result);
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        tokio::join!(
+            async {
+                match locked_early {
+                    Some(result) => result,
+                    None => lock.await,
+                }
+            },
+            tx.query_opt(&link_stmt, &[]),
+            read_state(&tx, &batches),
+            crate::store::keys::postgres::GroupKeys::read(&tx, &batches)
+        )
+    };
+    let head: i64 = locked
         .map_err(map_err)?
         .try_get(0)
         .map_err(corrupt)?;
     let head = to_u64(head, "head position")?;
-    // A statement of its own, so that it reads with a snapshot taken after the lock was granted:
-    // a join in the locking statement would see the head event as of before the wait.
-    let hash_stmt = tx
-        .prepare_cached("SELECT hash FROM events WHERE position = $1")
-        .await
-        .map_err(map_err)?;
-    let stored = tx
-        .query_opt(&hash_stmt, &[&to_sql_int(head)])
-        .await
+    let stored = link_row
         .map_err(map_err)?
         .map(|row| row.try_get::<_, Option<String>>(0).map_err(corrupt))
         .transpose()?;
     let mut link = crate::store::head_link(head, stored)?;
-
-    // The data keys are read beside the state, in the same round trip.
-    let (state, keys) = tokio::join!(
-        read_state(&tx, &batches),
-        crate::store::keys::postgres::GroupKeys::read(&tx, &batches)
-    );
     let (mut requests, mut versions, db_holders, stored_ids) = state?;
     let mut keys = keys?;
 
@@ -318,17 +341,38 @@ pub(super) async fn commit(
         // Nothing accepted: the transaction ends without writing, releasing the lock.
         return Ok(results);
     }
-    write_reservations(&tx, &db_holders, &holders).await?;
-    keys.write(&tx).await?;
-    write_events(&tx, &rows).await?;
-    write_requests(&tx, &request_rows).await?;
     let advance = tx
         .prepare_cached("UPDATE event_head SET position = $1 WHERE singleton")
         .await
         .map_err(map_err)?;
-    tx.execute(&advance, &[&to_sql_int(position)])
+    let head_position = to_sql_int(position);
+    // The writes touch different rows and tables: sent together, they cost one round trip. If
+    // one fails, the transaction is aborted and the statements after it fail too; the events'
+    // insert, the likeliest to fail, is reported first.
+    // The notification is delivered to listeners when (and only if) the transaction commits.
+    let notify = tx
+        .prepare_cached("SELECT pg_notify($1, $2)")
         .await
         .map_err(map_err)?;
+    let head_text = position.to_string();
+    let (events, requests_written, advanced, reservations, keys_written, notified) = tokio::join!(
+        write_events(&tx, &rows),
+        write_requests(&tx, &request_rows),
+        async { tx.execute(&advance, &[&head_position]).await.map_err(map_err) },
+        write_reservations(&tx, &db_holders, &holders),
+        keys.write(&tx),
+        async {
+            tx.execute(&notify, &[&super::APPENDED_CHANNEL, &head_text])
+                .await
+                .map_err(map_err)
+        },
+    );
+    events?;
+    requests_written?;
+    advanced?;
+    reservations?;
+    keys_written?;
+    notified?;
 
     if let Some(gate) = gate {
         if let Some(Ok(appended)) = results.first() {
@@ -393,9 +437,12 @@ async fn read_state(
 
     let requests_stmt = tx
         .prepare_cached(
-            "SELECT r.actor, r.request_id, r.request_hash, r.outcome, r.position FROM requests r \
-             JOIN unnest($1::text[], $2::text[]) AS k(actor, request_id) \
-             ON r.actor = k.actor AND r.request_id = k.request_id",
+            // One index probe per request id, whatever the plan: a join can become a scan of
+            // the whole table. The `LIMIT` keeps the planner from flattening the subquery.
+            "SELECT r.* FROM unnest($1::text[], $2::text[]) AS k(actor, request_id) \
+             CROSS JOIN LATERAL (SELECT r.actor, r.request_id, r.request_hash, r.outcome, \
+             r.position FROM requests r \
+             WHERE r.actor = k.actor AND r.request_id = k.request_id LIMIT 1) r",
         )
         .await
         .map_err(map_err)?;
@@ -411,23 +458,25 @@ async fn read_state(
         .map_err(map_err)?;
     let holders_stmt = tx
         .prepare_cached(
-            "SELECT r.scope, r.key, r.stream_id FROM reservations r \
-             JOIN unnest($1::text[], $2::text[]) AS k(scope, key) \
-             ON r.scope = k.scope AND r.key = k.key",
+            "SELECT r.* FROM unnest($1::text[], $2::text[]) AS k(scope, key) \
+             CROSS JOIN LATERAL (SELECT r.scope, r.key, r.stream_id FROM reservations r \
+             WHERE r.scope = k.scope AND r.key = k.key LIMIT 1) r",
         )
         .await
         .map_err(map_err)?;
     let ids_stmt = tx
         // One index probe per id, whatever the plan: with many ids `= ANY` can become a scan of
-        // the whole table.
+        // the whole table, and so can `EXISTS`, which the planner turns into a join (with young
+        // statistics, a hash join over the whole log).
         .prepare_cached(
-            "SELECT k.id FROM unnest($1::uuid[]) AS k(id) \
-             WHERE EXISTS (SELECT 1 FROM events e WHERE e.event_id = k.id)",
+            "SELECT e.event_id FROM unnest($1::uuid[]) AS k(id) \
+             CROSS JOIN LATERAL (SELECT e.event_id FROM events e WHERE e.event_id = k.id LIMIT 1) e",
         )
         .await
         .map_err(map_err)?;
 
-    // The four reads are independent: sent together, they cost one round trip.
+    // The four reads are independent: sent together (and with the lock and the other reads of
+    // the group), they cost one round trip.
     let (request_rows, version_rows, holder_rows, id_rows) = futures_join(
         async {
             if actors.is_empty() {
