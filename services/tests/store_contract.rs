@@ -694,6 +694,46 @@ where
     }
 }
 
+async fn concurrent_stream_reads_each_get_exactly_their_own_stream<S>(store: &S)
+where
+    S: EventStore + Clone + 'static,
+{
+    // Twelve streams of 1 to 12 events, so every stream's answer is different.
+    for s in 1..=12u32 {
+        let events = (0..s).map(|n| event("Counted", json!([s, n]))).collect();
+        store
+            .append(batch(&format!("account-{s}"), 0, events))
+            .await
+            .unwrap();
+    }
+
+    // 240 reads at once, each after a version of its own (some past the stream's end, one of
+    // a stream that does not exist): however the backend combines them, each gets its own.
+    let mut reads = Vec::new();
+    for r in 0..240u32 {
+        let store = store.clone();
+        let s = r % 13 + 1;
+        let after = u64::from(r % 7);
+        reads.push(tokio::spawn(async move {
+            let got = store
+                .read_stream(&format!("account-{s}"), after)
+                .await
+                .unwrap();
+            (s, after, got)
+        }));
+    }
+    for read in reads {
+        let (s, after, got) = read.await.unwrap();
+        let len = if s == 13 { 0 } else { u64::from(s) };
+        let expected: Vec<u64> = (after + 1..=len).collect();
+        assert_eq!(versions(&got), expected, "account-{s} after {after}");
+        let payloads: Vec<serde_json::Value> = got.iter().map(|e| e.payload.clone()).collect();
+        let wanted: Vec<serde_json::Value> = expected.iter().map(|v| json!([s, v - 1])).collect();
+        assert_eq!(payloads, wanted, "account-{s} after {after}");
+        assert!(got.iter().all(|e| e.stream_id == format!("account-{s}")));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Running the behaviours against each backend
 
@@ -749,6 +789,7 @@ contract!(
     every_event_links_to_the_one_before_and_the_log_verifies_to_its_head,
     an_empty_log_verifies_to_position_zero_and_the_genesis_hash,
     concurrent_appenders_produce_positions_one_to_n_without_gaps,
+    concurrent_stream_reads_each_get_exactly_their_own_stream,
 );
 
 // ---------------------------------------------------------------------------------------------

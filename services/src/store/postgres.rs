@@ -31,6 +31,7 @@ use super::{
 };
 
 mod group;
+mod tails;
 
 /// The notification channel every append's commit notifies, with the new head position as its
 /// payload, so that readers of the log in other processes (the relay, API replicas reading the
@@ -131,6 +132,7 @@ pub struct PostgresStore {
     config: tokio_postgres::Config,
     call_timeout: Duration,
     committer: Arc<group::Committer>,
+    tails: Arc<tails::Tails>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -212,6 +214,7 @@ impl PostgresStore {
             config,
             call_timeout: options.call_timeout,
             committer: Arc::default(),
+            tails: Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -509,26 +512,11 @@ impl EventReader for PostgresStore {
         stream_id: &str,
         after_version: u64,
     ) -> StoreResult<Vec<StoredEvent>> {
-        self.bounded(async move {
-            let client = self.client().await?;
-            let stmt = client
-                .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 \
-                     ORDER BY version"
-                ))
-                .await
-                .map_err(map_err)?;
-            let rows = client
-                .query(&stmt, &[&stream_id, &to_sql_int(after_version)])
-                .await
-                .map_err(map_err)?;
-            let mut events = rows
-                .iter()
-                .map(decode_event)
-                .collect::<StoreResult<Vec<_>>>()?;
-            super::keys::postgres::open(&client, &mut events).await?;
-            Ok(events)
-        })
+        // Reads asked for together are answered by one statement (see `tails.rs`).
+        self.bounded(
+            self.tails
+                .read(&self.pool, self.call_timeout, stream_id, after_version),
+        )
         .await
     }
 
