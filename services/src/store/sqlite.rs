@@ -90,6 +90,21 @@ struct Inner {
     writer: Mutex<Connection>,
     // LIMITATION: all reads share one connection, so concurrent reads queue behind each other.
     reader: Mutex<Connection>,
+    /// Stream reads waiting for the reader; see [`SqliteStore::read_stream`].
+    tails: Mutex<Tails>,
+}
+
+/// Stream reads queued while the reader is busy with others, answered together.
+#[derive(Default)]
+struct Tails {
+    pending: Vec<TailRead>,
+    running: bool,
+}
+
+struct TailRead {
+    stream_id: String,
+    after_version: u64,
+    answer: tokio::sync::oneshot::Sender<StoreResult<Vec<StoredEvent>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -124,6 +139,7 @@ impl SqliteStore {
                 path,
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
+                tails: Mutex::default(),
             }),
         })
     }
@@ -157,12 +173,16 @@ impl SqliteStore {
     }
 }
 
-/// Locks a connection, recovering it if a previous holder panicked.
+/// Locks a connection (or the queue of stream reads), recovering it if a previous holder
+/// panicked.
 ///
 /// Recovering is sound because a panic inside a call drops its `rusqlite::Transaction`, which
-/// rolls back, so the connection is never left inside a half-done transaction.
-fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// rolls back, so the connection is never left inside a half-done transaction; the queue is
+/// changed only by whole pushes and takes.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn run_blocking<T, F>(f: F) -> StoreResult<T>
@@ -173,6 +193,48 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Backend(Box::new(e)))?
+}
+
+/// Answers queued stream reads until none is left, each read sent after it was queued, so it
+/// sees every append committed before its caller asked.
+fn answer_tails(inner: &Inner) {
+    /// Lets a later read start a new task if this one panics.
+    struct Running<'a>(&'a Inner);
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                lock(&self.0.tails).running = false;
+            }
+        }
+    }
+    let _running = Running(inner);
+    loop {
+        let batch = {
+            let mut tails = lock(&inner.tails);
+            if tails.pending.is_empty() {
+                tails.running = false;
+                return;
+            }
+            std::mem::take(&mut tails.pending)
+        };
+        let conn = lock(&inner.reader);
+        for read in batch {
+            let events = query_events(
+                &conn,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND version > ?2 \
+                     ORDER BY version"
+                ),
+                params![read.stream_id, to_sql_int(read.after_version)],
+            )
+            .and_then(|mut events| {
+                super::keys::sqlite::open(&conn, &mut events)?;
+                Ok(events)
+            });
+            // A caller that stopped waiting has no one to tell.
+            let _ = read.answer.send(events);
+        }
+    }
 }
 
 fn connect(path: &Path) -> StoreResult<Connection> {
@@ -565,20 +627,25 @@ impl EventReader for SqliteStore {
         stream_id: &str,
         after_version: u64,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let stream_id = stream_id.to_owned();
-        self.with_reader(move |conn| {
-            let mut events = query_events(
-                conn,
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND version > ?2 \
-                     ORDER BY version"
-                ),
-                params![stream_id, to_sql_int(after_version)],
-            )?;
-            super::keys::sqlite::open(conn, &mut events)?;
-            Ok(events)
-        })
-        .await
+        // One blocking task answers every read queued while it runs, under one hold of the
+        // reader, instead of a task and a lock per read.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut tails = lock(&self.inner.tails);
+            tails.pending.push(TailRead {
+                stream_id: stream_id.to_owned(),
+                after_version,
+                answer,
+            });
+            !std::mem::replace(&mut tails.running, true)
+        };
+        if start {
+            let inner = Arc::clone(&self.inner);
+            tokio::task::spawn_blocking(move || answer_tails(&inner));
+        }
+        answered.await.map_err(|_| {
+            StoreError::Unavailable("the read was dropped before it was answered".into())
+        })?
     }
 
     async fn read_all(&self, after_position: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
