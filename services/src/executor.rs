@@ -305,10 +305,13 @@ impl Executor {
         let mut confirmed = false;
         let mut next: Option<Loaded<A>> = None;
         for attempt in 0..MAX_ATTEMPTS {
-            let mut loaded: Loaded<A> = match (next.take(), self.streams.get::<A>(&execution.stream_id)) {
-                (Some(read), _) => read,
-                (None, Some(cached)) if !confirmed => cached,
-                (None, _) => {
+            let cached = match (&next, confirmed) {
+                (None, false) => self.streams.get::<A>(&execution.stream_id),
+                _ => None,
+            };
+            let mut loaded: Loaded<A> = match next.take().or(cached) {
+                Some(loaded) => loaded,
+                None => {
                     confirmed = true;
                     self.load(&execution.stream_id).await?
                 }
@@ -319,9 +322,15 @@ impl Executor {
                 .aggregate
                 .handle(execution.command.clone(), &(), &sink)
                 .await;
+            let decided = match decided {
+                Ok(()) => Ok(sink.collect().await),
+                Err(refused) => Err(refused),
+            };
             let events = match decided {
-                Ok(()) => sink.collect().await,
-                Err(refused) => {
+                Ok(events) if !events.is_empty() => events,
+                decided => {
+                    // A refusal or a no-op has no append to check the state it was decided on:
+                    // it is answered only once the log confirms that state is the latest.
                     if !confirmed {
                         confirmed = true;
                         next = self.moved(&execution.stream_id, decided_on).await?;
@@ -331,31 +340,22 @@ impl Executor {
                     }
                     // A first attempt of this request may have committed while this one waited
                     // for the stream: its effect can be what refuses the retry (a second pending
-                    // invitation, a paid invoice). The retry answers the first outcome instead.
+                    // invitation, a paid invoice) or makes it a no-op. The retry answers the
+                    // first outcome instead.
                     if let Some(first) = self.first_outcome(&execution, &actor_key).await? {
                         return first;
                     }
-                    return Err(refused.into());
+                    return match decided {
+                        Err(refused) => Err(refused.into()),
+                        Ok(_) => Ok(Executed {
+                            value: outcome(&loaded.aggregate)?,
+                            position: loaded.position,
+                            replayed: false,
+                        }),
+                    };
                 }
             };
             let value = outcome(&loaded.aggregate)?;
-            if events.is_empty() {
-                if !confirmed {
-                    confirmed = true;
-                    next = self.moved(&execution.stream_id, decided_on).await?;
-                    if next.is_some() {
-                        continue;
-                    }
-                }
-                if let Some(first) = self.first_outcome(&execution, &actor_key).await? {
-                    return first;
-                }
-                return Ok(Executed {
-                    value,
-                    position: loaded.position,
-                    replayed: false,
-                });
-            }
 
             let keys = loaded.aggregate.unique_keys(&events);
             let mut batch = self.batch::<A>(&execution, &actor_key, decided_on, events, &value)?;
