@@ -161,9 +161,14 @@ async fn an_acceptance_on_a_folded_state_is_refused_once_the_log_revoked_it(
 
     // Behind A's back, B removes the designer. A's folded state still lists a member with
     // PROFILE, so A's first decision accepts; the store refuses it and A decides again.
-    run(&b, OWNER, AccountCommand::RevokeAccess { user_id: DESIGNER }, None)
-        .await
-        .unwrap();
+    run(
+        &b,
+        OWNER,
+        AccountCommand::RevokeAccess { user_id: DESIGNER },
+        None,
+    )
+    .await
+    .unwrap();
     let before = head(&store).await;
 
     let refused = run(&a, DESIGNER, profile("Taken Over Ltd"), None).await;
@@ -174,9 +179,7 @@ async fn an_acceptance_on_a_folded_state_is_refused_once_the_log_revoked_it(
     assert_eq!(head(&store).await, before, "nothing appended");
 }
 
-async fn a_no_op_on_a_folded_state_is_decided_again_once_the_log_moved(
-    store: Arc<dyn EventStore>,
-) {
+async fn a_no_op_on_a_folded_state_is_decided_again_once_the_log_moved(store: Arc<dyn EventStore>) {
     let (a, b) = (executor(&store), executor(&store));
     abc_with_designer(&a).await;
     run(&a, OWNER, grant(&[Permission::Profile]), None)
@@ -222,9 +225,14 @@ async fn a_retry_whose_decision_would_append_again_gets_its_first_outcome(
     let before = head(&store).await;
 
     for retrying in [&a, &b] {
-        let retry = run(retrying, OWNER, grant(&[Permission::Profile]), Some("grant-1"))
-            .await
-            .unwrap();
+        let retry = run(
+            retrying,
+            OWNER,
+            grant(&[Permission::Profile]),
+            Some("grant-1"),
+        )
+        .await
+        .unwrap();
         assert!(retry.replayed);
         assert_eq!(retry.position, first.position);
     }

@@ -733,9 +733,14 @@ async fn a_commit_wakes_an_idle_relay_long_before_its_poll_interval() {
 
     log.commit(3).await;
     let woken = relay
-        .wait_for(Duration::from_secs(10), |s| s.caught_up && s.checkpoint == 5)
+        .wait_for(Duration::from_secs(10), |s| {
+            s.caught_up && s.checkpoint == 5
+        })
         .await;
-    assert!(woken.is_ok(), "the relay slept through the commit: {woken:?}");
+    assert!(
+        woken.is_ok(),
+        "the relay slept through the commit: {woken:?}"
+    );
     assert_eq!(relay.status().published, 5);
     assert_stream_holds_the_log(&nats, &log).await;
 

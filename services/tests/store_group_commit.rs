@@ -299,19 +299,28 @@ async fn appends_of_a_group_seal_erase_and_seal_again_as_if_one_after_another() 
         ]
     );
     let key_ids: Vec<Option<String>> = log.iter().map(|e| e.key_id.clone()).collect();
-    assert_eq!(key_ids[1], key_ids[2], "one key for both appends before the erasure");
+    assert_eq!(
+        key_ids[1], key_ids[2],
+        "one key for both appends before the erasure"
+    );
     assert_ne!(key_ids[1], key_ids[4], "a new key after the erasure");
 
     // The table holds exactly the key made after the erasure.
     let client = db.client().await.unwrap();
     let rows: Vec<(String, String)> = client
-        .query("SELECT subject, key_id FROM data_keys ORDER BY subject", &[])
+        .query(
+            "SELECT subject, key_id FROM data_keys ORDER BY subject",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(rows, vec![("email-a".to_owned(), key_ids[4].clone().unwrap())]);
+    assert_eq!(
+        rows,
+        vec![("email-a".to_owned(), key_ids[4].clone().unwrap())]
+    );
     assert!(matches!(
         verify_chain(&store, 100).await.unwrap(),
         ChainReport::Intact { head: 5, .. }

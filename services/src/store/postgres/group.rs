@@ -218,10 +218,7 @@ pub(super) async fn commit(
             crate::store::keys::postgres::GroupKeys::read(&tx, &batches)
         )
     };
-    let head: i64 = locked
-        .map_err(map_err)?
-        .try_get(0)
-        .map_err(corrupt)?;
+    let head: i64 = locked.map_err(map_err)?.try_get(0).map_err(corrupt)?;
     let head = to_u64(head, "head position")?;
     let stored = link_row
         .map_err(map_err)?
@@ -358,7 +355,11 @@ pub(super) async fn commit(
     let (events, requests_written, advanced, reservations, keys_written, notified) = tokio::join!(
         write_events(&tx, &rows),
         write_requests(&tx, &request_rows),
-        async { tx.execute(&advance, &[&head_position]).await.map_err(map_err) },
+        async {
+            tx.execute(&advance, &[&head_position])
+                .await
+                .map_err(map_err)
+        },
         write_reservations(&tx, &db_holders, &holders),
         keys.write(&tx),
         async {

@@ -183,7 +183,10 @@ async fn run(tails: Arc<Tails>, pool: Pool, call_timeout: Duration) {
                     )
                     .into(),
                 );
-                answers.iter().map(|_| Err(same_error(&e))).collect::<Vec<_>>()
+                answers
+                    .iter()
+                    .map(|_| Err(same_error(&e)))
+                    .collect::<Vec<_>>()
             }
         };
         for (answer, result) in answers.into_iter().zip(results) {
@@ -205,7 +208,11 @@ fn same_error(e: &StoreError) -> StoreError {
 }
 
 /// One stream's events after its version, their sealed fields opened.
-async fn read_one(pool: &Pool, stream_id: &str, after_version: u64) -> StoreResult<Vec<StoredEvent>> {
+async fn read_one(
+    pool: &Pool,
+    stream_id: &str,
+    after_version: u64,
+) -> StoreResult<Vec<StoredEvent>> {
     let client = pool.get().await.map_err(map_pool_err)?;
     let stmt = client
         .prepare_cached(&format!(
