@@ -1477,6 +1477,9 @@ impl Relay {
                 }
                 return Ok(Exit::Stopped);
             }
+            // The head announced before this read: a commit announced after it wakes the wait
+            // below, one announced before it is found by it.
+            let announced = *self.head.borrow_and_update();
             // Events leave the store sealed, exactly as the chain covers them: the broker never
             // holds a personal field in the clear, and an erasure reaches its copies too.
             let events = match self
@@ -1512,7 +1515,7 @@ impl Relay {
                         return Ok(Exit::LeaseLost(err));
                     }
                 }
-                self.wait_for_appends(acknowledged).await;
+                self.wait_for_appends(acknowledged.max(announced)).await;
                 continue;
             }
             if caught_up {
@@ -1667,16 +1670,17 @@ impl Relay {
         *self.stop.borrow() || self.stop.has_changed().is_err()
     }
 
-    /// Waits until an append past `acknowledged` is announced, the poll interval has passed,
-    /// or the relay is told to stop. The poll interval bounds the wait while no notification
-    /// arrives (the listening connection is down, or the append was made by a release that did
-    /// not announce).
-    async fn wait_for_appends(&mut self, acknowledged: u64) {
+    /// Waits until an append past `known` is announced, the poll interval has passed, or the
+    /// relay is told to stop. `known` covers what the relay has read and what was announced
+    /// before it read, so an announcement the read already answered does not wake it again. The
+    /// poll interval bounds the wait while no notification arrives (the listening connection is
+    /// down, or the append was made by a release that did not announce).
+    async fn wait_for_appends(&mut self, known: u64) {
         if self.stopping() {
             return;
         }
         let poll = tokio::time::sleep(self.config.poll_interval);
-        let announced = self.head.wait_for(|head| *head > acknowledged);
+        let announced = self.head.wait_for(|head| *head > known);
         tokio::select! {
             () = poll => {}
             _ = announced => {}
