@@ -106,11 +106,24 @@ impl Committer {
 /// Marks the committer stopped if its task ends without doing so itself (its runtime shut down
 /// while it waited), so that the next append starts a new one; the appends still queued are
 /// answered with an error by dropping them.
-struct StopGuard(Arc<Committer>);
+///
+/// A task that ends normally was marked stopped by [`Committer::next_group`], and by then an
+/// append may already have started the next task: the guard must leave that one's queue alone.
+struct StopGuard {
+    committer: Arc<Committer>,
+    finished: bool,
+}
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
-        let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if self.finished {
+            return;
+        }
+        let mut queue = self
+            .committer
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if queue.running {
             queue.running = false;
             queue.pending.clear();
@@ -119,7 +132,10 @@ impl Drop for StopGuard {
 }
 
 async fn run(committer: Arc<Committer>, pool: Pool) {
-    let _guard = StopGuard(committer.clone());
+    let mut guard = StopGuard {
+        committer: committer.clone(),
+        finished: false,
+    };
     while let Some(group) = committer.next_group() {
         let (batches, answers): (Vec<_>, Vec<_>) =
             group.into_iter().map(|p| (p.batch, p.answer)).unzip();
@@ -132,6 +148,7 @@ async fn run(committer: Arc<Committer>, pool: Pool) {
             let _ = answer.send(result);
         }
     }
+    guard.finished = true;
 }
 
 /// A failure of the whole group, once for each of its appends.
@@ -727,4 +744,64 @@ async fn write_requests(
     .await
     .map_err(map_err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(committer: &Arc<Committer>) -> oneshot::Receiver<StoreResult<Appended>> {
+        let (answer, answered) = oneshot::channel();
+        let batch = AppendBatch {
+            stream_id: "account-a".into(),
+            stream_type: "client_account".into(),
+            expected_version: 0,
+            occurred_at: DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap(),
+            events: Vec::new(),
+            reservations: Vec::new(),
+            releases: Vec::new(),
+            request: None,
+        };
+        let mut queue = committer.queue.lock().unwrap();
+        queue.pending.push(Pending { batch, answer });
+        queue.running = true;
+        answered
+    }
+
+    #[test]
+    fn a_committer_that_stopped_leaves_the_next_ones_queue_alone() {
+        let committer = Arc::new(Committer::default());
+        // The task found the queue empty and marked itself stopped...
+        assert!(committer.next_group().is_none());
+        // ...then, before its guard dropped, an append queued and started the next task.
+        let mut answered = queued(&committer);
+        drop(StopGuard {
+            committer: committer.clone(),
+            finished: true,
+        });
+        let queue = committer.queue.lock().unwrap();
+        assert!(queue.running);
+        assert_eq!(queue.pending.len(), 1);
+        drop(queue);
+        assert!(answered
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+    }
+
+    #[test]
+    fn a_committer_cut_off_marks_itself_stopped_and_drops_what_waits() {
+        let committer = Arc::new(Committer::default());
+        let mut answered = queued(&committer);
+        drop(StopGuard {
+            committer: committer.clone(),
+            finished: false,
+        });
+        let queue = committer.queue.lock().unwrap();
+        assert!(!queue.running);
+        assert!(queue.pending.is_empty());
+        drop(queue);
+        assert!(answered
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
+    }
 }
