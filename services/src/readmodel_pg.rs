@@ -615,26 +615,12 @@ impl ReadModelStore {
     /// Opens a dedicated connection, runs `LISTEN` on [`NOTIFY_CHANNEL`], bumps `tx` once
     /// listening and once per notification, and returns an error when the connection ends.
     pub async fn listen(&self, tx: &tokio::sync::watch::Sender<u64>) -> ReadModelResult<()> {
-        let (client, mut connection) = self
+        let (client, connection) = self
             .config
             .connect(NoTls)
             .await
             .map_err(|e| ReadModelError::Unavailable(e.to_string()))?;
-        let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
-        let driver = tokio::spawn(async move {
-            loop {
-                let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
-                match message {
-                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                        if notes_tx.send(n).is_err() {
-                            return;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return,
-                }
-            }
-        });
+        let (mut notes, driver) = crate::store::postgres::notifications(connection);
         client
             .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
             .await?;

@@ -38,6 +38,35 @@ mod tails;
 /// log) learn of it without polling.
 pub const APPENDED_CHANNEL: &str = "onbehalf_appended";
 
+/// Drives a connection of its own on a task, passing on each notification it receives; the
+/// channel closes when the connection ends. Abort the task to close the connection.
+pub(crate) fn notifications<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (notes_tx, notes) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(note))) => {
+                    if notes_tx.send(note).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    (notes, driver)
+}
+
 /// The key of the advisory lock that serialises migrations of one database across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x6f6e_6265_6861_6c66; // "onbehalf" in ASCII
 
@@ -240,21 +269,8 @@ impl PostgresStore {
     /// while listening sees every append at once, and every append within its poll interval
     /// when the listening connection is down.
     pub async fn follow_appends(&self, head: &tokio::sync::watch::Sender<u64>) -> StoreResult<()> {
-        let (client, mut connection) = self.config.connect(NoTls).await.map_err(map_err)?;
-        let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
-        let driver = tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(tokio_postgres::AsyncMessage::Notification(note))) => {
-                        if notes_tx.send(note).is_err() {
-                            return;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return,
-                }
-            }
-        });
+        let (client, connection) = self.config.connect(NoTls).await.map_err(map_err)?;
+        let (mut notes, driver) = notifications(connection);
         let listened = async {
             client
                 .batch_execute(&format!("LISTEN {APPENDED_CHANNEL}"))

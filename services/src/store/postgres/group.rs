@@ -152,7 +152,7 @@ async fn run(committer: Arc<Committer>, pool: Pool) {
 }
 
 /// A failure of the whole group, once for each of its appends.
-fn same_error(e: &StoreError) -> StoreError {
+pub(super) fn same_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(source) => StoreError::Unavailable(source.to_string().into()),
         StoreError::Corrupt(message) => StoreError::Corrupt(message.clone()),

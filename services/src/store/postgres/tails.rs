@@ -17,6 +17,7 @@ use deadpool_postgres::Pool;
 use onbehalf_events::StoredEvent;
 use tokio::sync::oneshot;
 
+use super::group::same_error;
 use super::{corrupt, decode_event, map_err, map_pool_err, to_sql_int, to_u64, EVENT_COLUMNS};
 use crate::store::{StoreError, StoreResult};
 
@@ -196,15 +197,6 @@ async fn run(tails: Arc<Tails>, pool: Pool, call_timeout: Duration) {
     }
     // `next_batch` counted this reader out when it found the queue empty.
     guard.1 = true;
-}
-
-/// A failure of the whole batch, once for each of its reads.
-fn same_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(source) => StoreError::Unavailable(source.to_string().into()),
-        StoreError::Corrupt(message) => StoreError::Corrupt(message.clone()),
-        other => StoreError::Backend(other.to_string().into()),
-    }
 }
 
 /// One stream's events after its version, their sealed fields opened.
