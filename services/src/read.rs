@@ -17,8 +17,8 @@ use crate::store::EventStore;
 
 /// How many events the feed reads per batch.
 const BATCH: usize = 1000;
-/// How often the feed looks at the log when no append was announced in this process.
-const POLL: Duration = Duration::from_millis(200);
+/// How often the feed looks at the log, by default, when no append was announced to it.
+pub(crate) const POLL: Duration = Duration::from_millis(200);
 /// How often a mirror of the PostgreSQL read models looks again without a notification.
 const FALLBACK: Duration = Duration::from_secs(1);
 
@@ -32,13 +32,23 @@ pub struct ReadSide {
 impl ReadSide {
     /// Rebuilds `models` from the whole log, then keeps feeding them in the background.
     ///
-    /// `appended` wakes the feed as soon as this process appends; other writers are picked up
-    /// by polling.
-    // LIMITATION: appends by other processes are seen by polling every 200 ms, not by a notification from the database.
+    /// `appended` wakes the feed as soon as an append is announced on it (this process's
+    /// executor announces its own); appends nobody announced are picked up by polling every
+    /// 200 ms.
     pub async fn start(
         store: Arc<dyn EventStore>,
         models: ReadModels,
+        appended: watch::Receiver<u64>,
+    ) -> Result<Self> {
+        Self::start_polling(store, models, appended, POLL).await
+    }
+
+    /// Like [`Self::start`], polling every `poll` for appends nobody announced.
+    pub async fn start_polling(
+        store: Arc<dyn EventStore>,
+        models: ReadModels,
         mut appended: watch::Receiver<u64>,
+        poll: Duration,
     ) -> Result<Self> {
         let models = Arc::new(RwLock::new(models));
         let (position_tx, position) = watch::channel(0);
@@ -56,10 +66,10 @@ impl ReadSide {
                         tokio::select! {
                             changed = appended.changed() => {
                                 if changed.is_err() {
-                                    tokio::time::sleep(POLL).await;
+                                    tokio::time::sleep(poll).await;
                                 }
                             }
-                            _ = tokio::time::sleep(POLL) => {}
+                            _ = tokio::time::sleep(poll) => {}
                             _ = position_tx.closed() => return,
                         }
                     }

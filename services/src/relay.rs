@@ -1254,7 +1254,8 @@ pub fn spawn_on(store: PostgresStore, config: RelayConfig) -> Result<RelayHandle
     let (status_tx, status_rx) = watch::channel(RelayStatus::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (head_tx, head) = watch::channel(0);
-    let follower = tokio::spawn(follow_appends(store.clone(), head_tx, stop_rx.clone()));
+    // The follower ends with the relay, which holds the only receiver of `head`.
+    let follower = tokio::spawn(store.clone().keep_following_appends(head_tx));
     let relay = Relay {
         store,
         db_config,
@@ -1696,28 +1697,6 @@ impl Relay {
         tokio::select! {
             () = tokio::time::sleep(duration) => self.stopping(),
             _ = self.stop.changed() => true,
-        }
-    }
-}
-
-/// Keeps `head` at the log's head as the commits of appends announce it, listening again a
-/// second after the listening connection fails, until the relay is told to stop.
-async fn follow_appends(
-    store: PostgresStore,
-    head: watch::Sender<u64>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let listened = tokio::select! {
-            result = store.follow_appends(&head) => result,
-            _ = stop.changed() => return,
-        };
-        if let Err(err) = listened {
-            tracing::warn!(error = %err, "not notified of appends; polling the log until listening again");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => return,
         }
     }
 }

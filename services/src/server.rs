@@ -56,6 +56,10 @@ pub struct ServerConfig {
     pub scheduler: Option<crate::scheduler::SchedulerConfig>,
     /// Where reads are answered from.
     pub read_models: ReadModelSource,
+    /// How often read models folded from the log look for appends nobody announced to them.
+    /// Appends of this process wake them at once, and so do other processes' appends to a
+    /// PostgreSQL log while this process listens for its commits; the poll covers the rest.
+    pub log_poll_interval: std::time::Duration,
 }
 
 /// Where a server's reads are answered from.
@@ -120,6 +124,7 @@ impl ServerConfig {
             key_reload_interval: std::time::Duration::from_secs(10),
             scheduler: None,
             read_models: ReadModelSource::Log,
+            log_poll_interval: crate::read::POLL,
         }
     }
 }
@@ -274,7 +279,15 @@ where
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         Error::Internal(format!("cannot create {}: {e}", config.data_dir.display()))
     })?;
-    let store = open_store(&config).await?;
+    // The PostgreSQL store is kept by its type too: its commits are followed to wake the reads.
+    let (store, postgres): (Arc<dyn EventStore>, Option<PostgresStore>) = match &config.database_url
+    {
+        Some(url) => {
+            let postgres = PostgresStore::connect(url).await?;
+            (Arc::new(postgres.clone()), Some(postgres))
+        }
+        None => (Arc::new(SqliteStore::open(&config.data_dir).await?), None),
+    };
 
     let (key_path, created) = auth::ensure_dev_keypair(&config.data_dir)?;
     if created {
@@ -291,7 +304,7 @@ where
     let tokens = Arc::new(InvitationTokens::new(secret, &config.accept_url_base)?);
 
     let (appended_tx, appended_rx) = watch::channel(0);
-    let executor = Executor::new(store.clone(), config.clock.clone(), appended_tx);
+    let executor = Executor::new(store.clone(), config.clock.clone(), appended_tx.clone());
     let read = match (config.read_models, &config.database_url) {
         (ReadModelSource::Postgres, Some(url)) => {
             let read_models = crate::readmodel_pg::ReadModelStore::connect(url)
@@ -305,7 +318,18 @@ where
             ))
         }
         (ReadModelSource::Log, _) => {
-            ReadSide::start(store, ReadModels::new(tokens.clone()), appended_rx).await?
+            if let Some(postgres) = postgres {
+                // Other processes' commits wake the feed like this process's own appends. The
+                // follower ends once the feed, the last receiver, has ended with the server.
+                tokio::spawn(postgres.keep_following_appends(appended_tx));
+            }
+            ReadSide::start_polling(
+                store,
+                ReadModels::new(tokens.clone()),
+                appended_rx,
+                config.log_poll_interval,
+            )
+            .await?
         }
     };
     let scheduler = config.scheduler.clone().map(|schedule| {

@@ -303,6 +303,26 @@ impl PostgresStore {
         listened
     }
 
+    /// Keeps `head` at the log's head as commits announce it, for as long as anyone holds a
+    /// receiver of it: follows appends like [`Self::follow_appends`], and listens again a
+    /// second after the listening connection fails. Meanwhile the receivers are not woken, so
+    /// they must keep polling.
+    pub async fn keep_following_appends(self, head: tokio::sync::watch::Sender<u64>) {
+        loop {
+            let listened = tokio::select! {
+                result = self.follow_appends(&head) => result,
+                () = head.closed() => return,
+            };
+            if let Err(err) = listened {
+                tracing::warn!(error = %err, "not notified of appends; polling the log until listening again");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = head.closed() => return,
+            }
+        }
+    }
+
     /// Appends like [`EventAppender::append`], but after taking its positions and writing its
     /// rows it reports them on `gate.taken` and waits for `gate.release` before committing.
     ///
