@@ -335,12 +335,21 @@ async fn all_bench(args: AllArgs) -> Result<(), BenchError> {
     .await?;
     println!();
     println!("## Memory");
-    let rows = memory::run(&memory::MemoryArgs {
+    let mut rows = memory::run(&memory::MemoryArgs {
         accounts: vec![10_000, 30_000, 100_000],
-        members: 3,
+        members: vec![3],
         quick: args.quick,
     })
     .await?;
+    // How it grows with members: one size at fewer and more members; the empty server is
+    // measured once.
+    let by_members = memory::run(&memory::MemoryArgs {
+        accounts: vec![if args.quick { 1_000 } else { 30_000 }],
+        members: vec![1, 9],
+        quick: false,
+    })
+    .await?;
+    rows.extend(by_members.into_iter().skip(1));
     println!();
     memory::print(&rows);
     println!();

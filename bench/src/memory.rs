@@ -1,7 +1,7 @@
 //! Memory: the peak resident memory of a server holding client accounts with their members.
 //!
 //! For each size the bench seeds an SQLite data directory with that many client accounts, each
-//! with its owner and three members, then starts the server on it in a child process (this
+//! with its owner and a number of members (three by default), then starts the server on it in a child process (this
 //! program again, `memory-serve`), which rebuilds its read models from the log, and reads the
 //! child's peak resident set (`VmHWM`) once it listens. An empty data directory gives the
 //! server's own footprint, which is subtracted to give bytes per account.
@@ -17,9 +17,10 @@ pub struct MemoryArgs {
     /// Client account counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10000,30000,100000")]
     pub accounts: Vec<usize>,
-    /// Members of each client account besides its owner.
-    #[arg(long, default_value_t = 3)]
-    pub members: usize,
+    /// Members of each client account besides its owner, comma-separated; every count is
+    /// measured at every size.
+    #[arg(long, value_delimiter = ',', default_value = "3")]
+    pub members: Vec<usize>,
     /// Small sizes (300, 1,000 and 3,000 accounts) that only show the program works.
     #[arg(long)]
     pub quick: bool,
@@ -38,6 +39,8 @@ pub struct ServeArgs {
 pub struct MemoryRow {
     /// Client accounts.
     pub accounts: usize,
+    /// Members of each client account besides its owner.
+    pub members: usize,
     /// Events in the log.
     pub events: u64,
     /// Peak resident memory of the server process, KiB.
@@ -98,7 +101,8 @@ async fn measure_child(data_dir: &std::path::Path) -> Result<(u64, f64), BenchEr
     }
 }
 
-/// Measures an empty server, then each size; the first row is the empty one.
+/// Measures an empty server, then each size at each member count; the first row is the empty
+/// one.
 pub async fn run(args: &MemoryArgs) -> Result<Vec<MemoryRow>, BenchError> {
     let sizes = if args.quick {
         vec![300, 1_000, 3_000]
@@ -106,26 +110,31 @@ pub async fn run(args: &MemoryArgs) -> Result<Vec<MemoryRow>, BenchError> {
         args.accounts.clone()
     };
     println!(
-        "memory parameters: client accounts {sizes:?}, each with its owner and {} members \
+        "memory parameters: client accounts {sizes:?}, each with its owner and {:?} members \
          (invited with full access and accepted) from a pool of one agency user per ten \
          accounts; SQLite log; server in a child process, peak resident set (VmHWM) once it \
          listens with its read models rebuilt",
         args.members
     );
+    let mut cases = vec![(0, 0)];
+    for &members in &args.members {
+        cases.extend(sizes.iter().map(|&accounts| (accounts, members)));
+    }
     let mut rows = Vec::new();
-    for accounts in std::iter::once(0).chain(sizes) {
+    for (accounts, members) in cases {
         let dir = TempDir::new()?;
         let events = if accounts == 0 {
             0
         } else {
             let store = onbehalf::store::sqlite::SqliteStore::open(&dir.0).await?;
-            let events = crate::seed::seed_members(&store, accounts, args.members).await?;
+            let events = crate::seed::seed_members(&store, accounts, members).await?;
             drop(store);
             events
         };
         let (peak_kib, start_seconds) = measure_child(&dir.0).await?;
         let row = MemoryRow {
             accounts,
+            members,
             events,
             peak_kib,
             start_seconds,
@@ -139,13 +148,18 @@ pub async fn run(args: &MemoryArgs) -> Result<Vec<MemoryRow>, BenchError> {
 /// Prints the memory table.
 pub fn print(rows: &[MemoryRow]) {
     let empty = rows.first().map_or(0, |r| r.peak_kib);
-    println!("| client accounts | events | server peak RSS MiB | above an empty server MiB | bytes per account | start s |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| client accounts | members each | events | server peak RSS MiB | above an empty server MiB | bytes per account | start s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let above = r.peak_kib.saturating_sub(empty) as f64 * 1024.0;
         println!(
-            "| {} | {} | {:.1} | {:.1} | {} | {:.2} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {} | {:.2} |",
             crate::thousands(r.accounts as f64),
+            if r.accounts == 0 {
+                "".to_owned()
+            } else {
+                r.members.to_string()
+            },
             crate::thousands(r.events as f64),
             r.peak_kib as f64 / 1024.0,
             above / (1024.0 * 1024.0),
