@@ -59,12 +59,19 @@ fn claiming(mut batch: AppendBatch, key: &str) -> AppendBatch {
     batch
 }
 
-/// Holds the head lock with a gated append to `account-gate`, queues `batches` one after the
+/// Holds the head lock with a gated append to `account-gate` (at the position after the log's
+/// head), queues `batches` one after the
 /// other behind it, releases the lock, and returns each queued append's answer in order.
 async fn queued_behind_the_lock(
     store: &PostgresStore,
     batches: Vec<AppendBatch>,
 ) -> Vec<StoreResult<Appended>> {
+    let head = store
+        .read_all(0, 10_000)
+        .await
+        .unwrap()
+        .last()
+        .map_or(0, |e| e.position);
     let (taken_tx, taken_rx) = oneshot::channel();
     let (release_tx, release_rx) = oneshot::channel();
     let gated = {
@@ -91,7 +98,7 @@ async fn queued_behind_the_lock(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     release_tx.send(()).unwrap();
-    assert_eq!(gated.await.unwrap().unwrap().last_position, 1);
+    assert_eq!(gated.await.unwrap().unwrap().last_position, head + 1);
     let mut answers = Vec::new();
     for q in queued {
         answers.push(q.await.unwrap());
@@ -326,6 +333,172 @@ async fn appends_of_a_group_seal_erase_and_seal_again_as_if_one_after_another() 
         ChainReport::Intact { head: 5, .. }
     ));
     drop(client);
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stored_key_released_and_claimed_by_another_stream_in_one_group_changes_holder() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    store
+        .append(claiming(batch("account-a", 0), "client1.co.tz"))
+        .await
+        .unwrap();
+
+    let mut release = batch("account-a", 1);
+    release.releases.push(Reservation {
+        scope: "domain".into(),
+        key: "client1.co.tz".into(),
+    });
+    let answers = queued_behind_the_lock(
+        &store,
+        vec![
+            claiming(batch("account-b", 0), "client1.co.tz"),
+            release,
+            claiming(batch("account-c", 0), "client1.co.tz"),
+        ],
+    )
+    .await;
+
+    let positions: Vec<Option<u64>> = answers
+        .iter()
+        .map(|a| a.as_ref().ok().map(|a| a.last_position))
+        .collect();
+    assert_eq!(positions, vec![None, Some(3), Some(4)]);
+    assert!(matches!(
+        &answers[0],
+        Err(StoreError::Reserved { scope, key }) if scope == "domain" && key == "client1.co.tz"
+    ));
+    let client = db.client().await.unwrap();
+    let rows: Vec<(String, String, String)> = client
+        .query("SELECT scope, key, stream_id FROM reservations", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(
+            "domain".to_owned(),
+            "client1.co.tz".to_owned(),
+            "account-c".to_owned()
+        )]
+    );
+    drop(client);
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stored_data_key_erased_and_sealed_again_in_one_group_is_replaced_by_a_new_one() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    store
+        .append(sealing("user-a", 0, "email-a", "designer@yourcompany.com"))
+        .await
+        .unwrap();
+
+    let mut erasure = batch("user-a", 1);
+    erasure.events[0].erase = vec!["email-a".to_owned()];
+    let answers = queued_behind_the_lock(
+        &store,
+        vec![
+            erasure,
+            sealing("user-a", 2, "email-a", "web@yourcompany.com"),
+        ],
+    )
+    .await;
+    let landed: Vec<Option<u64>> = answers
+        .iter()
+        .map(|a| a.as_ref().ok().map(|a| a.last_position))
+        .collect();
+    assert_eq!(landed, vec![Some(3), Some(4)]);
+
+    let log = store.read_all(0, 100).await.unwrap();
+    let emails: Vec<(u64, serde_json::Value)> = log
+        .iter()
+        .filter(|e| e.stream_id == "user-a" && e.payload.get("Invited").is_some())
+        .map(|e| (e.position, e.payload["Invited"]["email"].clone()))
+        .collect();
+    assert_eq!(
+        emails,
+        vec![
+            (1, onbehalf_events::personal::erased_value("email")),
+            (4, json!("web@yourcompany.com"))
+        ]
+    );
+    let key_ids: Vec<Option<String>> = log.iter().map(|e| e.key_id.clone()).collect();
+    assert_ne!(key_ids[0], key_ids[3], "a new key after the erasure");
+    let client = db.client().await.unwrap();
+    let rows: Vec<(String, String)> = client
+        .query("SELECT subject, key_id FROM data_keys", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![("email-a".to_owned(), key_ids[3].clone().unwrap())]
+    );
+    assert!(matches!(
+        verify_chain(&store, 100).await.unwrap(),
+        ChainReport::Intact { head: 4, .. }
+    ));
+    drop(client);
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_whose_write_fails_commits_nothing_and_the_next_group_lands_where_it_would_have() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    // Text in PostgreSQL cannot hold a NUL byte: the events' insert fails after every check of
+    // the group has passed, with the commit already sent behind it.
+    let mut unstorable = claiming(
+        with_request(batch("account-a", 0), "first"),
+        "client1.co.tz",
+    );
+    unstorable.events[0].event_type = "Counted\0".into();
+
+    let failed = store.append(unstorable).await;
+    assert_eq!(
+        failed.map_err(|e| e.to_string()),
+        Err(
+            "event store failure: invalid byte sequence for encoding \"UTF8\": 0x00 (22021)".into()
+        )
+    );
+    let after = store
+        .append(claiming(
+            with_request(batch("account-b", 0), "first"),
+            "client1.co.tz",
+        ))
+        .await
+        .unwrap();
+
+    assert_eq!(after.last_position, 1);
+    let streams: Vec<String> = store
+        .read_all(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stream_id)
+        .collect();
+    assert_eq!(streams, vec!["account-b"]);
+    let holder =
+        onbehalf::store::ReservationLookup::find_reservation(&store, "domain", "client1.co.tz")
+            .await
+            .unwrap();
+    assert_eq!(holder.as_deref(), Some("account-b"));
     drop(store);
     db.drop_database().await.unwrap();
 }

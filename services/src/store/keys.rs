@@ -488,17 +488,17 @@ CREATE TABLE data_keys (
                 return Ok(group);
             }
             let subjects: Vec<String> = subjects.into_iter().collect();
-            let rows = tx
-                .query(
+            let stmt = tx
+                .prepare_cached(
                     // One index probe per subject, whatever the plan: the `LIMIT` keeps the
                     // planner from flattening the subquery into a join that scans the table.
                     "SELECT d.* FROM unnest($1::text[]) AS k(subject) \
                      CROSS JOIN LATERAL (SELECT d.subject, d.key_id, d.key_bytes FROM data_keys d \
                      WHERE d.subject = k.subject LIMIT 1) d",
-                    &[&subjects],
                 )
                 .await
                 .map_err(backend)?;
+            let rows = tx.query(&stmt, &[&subjects]).await.map_err(backend)?;
             for row in rows {
                 let subject: String = row.try_get(0).map_err(backend)?;
                 let key_id: String = row.try_get(1).map_err(backend)?;
@@ -547,14 +547,21 @@ CREATE TABLE data_keys (
             }
         }
 
-        /// Deletes the erased subjects' stored keys, then stores the keys created and kept.
-        pub(crate) async fn write(&self, tx: &impl GenericClient) -> StoreResult<()> {
-            if !self.erased.is_empty() {
-                let erased: Vec<&String> = self.erased.iter().collect();
-                tx.execute("DELETE FROM data_keys WHERE subject = ANY($1)", &[&erased])
-                    .await
-                    .map_err(backend)?;
-            }
+        /// Deletes the stored keys of the subjects erased for good, and stores the keys
+        /// created and kept, replacing the stored key of a subject erased and sealed again.
+        /// `erase` and `store` are [`ERASE_KEYS`] and [`STORE_KEYS`] prepared; the two touch
+        /// different subjects, and both are sent when first polled.
+        pub(crate) async fn write(
+            &self,
+            tx: &impl GenericClient,
+            erase: &tokio_postgres::Statement,
+            store: &tokio_postgres::Statement,
+        ) -> StoreResult<()> {
+            let erased: Vec<&String> = self
+                .erased
+                .iter()
+                .filter(|subject| !self.created.contains_key(*subject))
+                .collect();
             let mut key_ids = Vec::new();
             let mut subjects = Vec::new();
             let mut bytes = Vec::new();
@@ -567,18 +574,37 @@ CREATE TABLE data_keys (
                     times.push(*at);
                 }
             }
-            if !key_ids.is_empty() {
-                tx.execute(
-                    "INSERT INTO data_keys (key_id, subject, key_bytes, created_at) \
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[])",
-                    &[&key_ids, &subjects, &bytes, &times],
-                )
-                .await
-                .map_err(backend)?;
-            }
+            let (erased, stored) = tokio::join!(
+                async {
+                    if erased.is_empty() {
+                        return Ok(0);
+                    }
+                    tx.execute(erase, &[&erased]).await
+                },
+                async {
+                    if key_ids.is_empty() {
+                        return Ok(0);
+                    }
+                    tx.execute(store, &[&key_ids, &subjects, &bytes, &times])
+                        .await
+                },
+            );
+            erased.map_err(backend)?;
+            stored.map_err(backend)?;
             Ok(())
         }
     }
+
+    /// Deletes the stored keys of the subjects `$1`.
+    pub(crate) const ERASE_KEYS: &str = "DELETE FROM data_keys WHERE subject = ANY($1)";
+
+    /// Stores keys `$1` of subjects `$2` with their bytes `$3` and creation times `$4`; a
+    /// subject that has a stored key gets the new one in its place.
+    pub(crate) const STORE_KEYS: &str =
+        "INSERT INTO data_keys (key_id, subject, key_bytes, created_at) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[]) \
+         ON CONFLICT (subject) DO UPDATE SET key_id = EXCLUDED.key_id, \
+         key_bytes = EXCLUDED.key_bytes, created_at = EXCLUDED.created_at";
 
     /// Opens a remembered outcome read through `client`.
     pub(crate) async fn open_request(

@@ -434,12 +434,32 @@ fn map_pool_err(err: PoolError) -> StoreError {
 /// is a backend failure.
 fn map_err(err: tokio_postgres::Error) -> StoreError {
     if err.is_closed() || is_io_error(&err) {
-        return StoreError::Unavailable(Box::new(err));
+        return StoreError::Unavailable(Box::new(Described(err)));
     }
     if err.code().is_some_and(is_unavailable_state) {
-        StoreError::Unavailable(Box::new(err))
+        StoreError::Unavailable(Box::new(Described(err)))
     } else {
-        StoreError::Backend(Box::new(err))
+        StoreError::Backend(Box::new(Described(err)))
+    }
+}
+
+/// A driver error that says what the server said: the driver's own message for a server error
+/// is only "db error", with the server's words in its source.
+#[derive(Debug)]
+struct Described(tokio_postgres::Error);
+
+impl std::fmt::Display for Described {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
+            None => self.0.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Described {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 

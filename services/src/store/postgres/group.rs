@@ -14,8 +14,8 @@
 //! it claims and releases, its event ids. One that fails a check is answered with that error and
 //! leaves nothing in the group; the others go on. The checks read everything they need in a few
 //! statements sent right behind the locking one, decide in memory, and the accepted appends are
-//! written with one statement per table, all sent together; a group costs four round trips
-//! (begin, lock and reads, writes, commit) whatever its size. Positions and the hash chain are assigned in queue order, so the
+//! written with one statement per table, all sent together with the commit behind them; a group
+//! costs two round trips (begin, lock and reads; writes and commit) whatever its size. Positions and the hash chain are assigned in queue order, so the
 //! group lands as if its appends had committed one after another, and readers see all of it at
 //! once, at commit. A failure of the transaction itself (the connection, the commit) fails every
 //! append of the group alike.
@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Client, Pool};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -156,6 +156,7 @@ pub(super) fn same_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(source) => StoreError::Unavailable(source.to_string().into()),
         StoreError::Corrupt(message) => StoreError::Corrupt(message.clone()),
+        StoreError::Backend(source) => StoreError::Backend(source.to_string().into()),
         other => StoreError::Backend(other.to_string().into()),
     }
 }
@@ -188,53 +189,41 @@ pub(super) async fn commit(
     batches: Vec<AppendBatch>,
     gate: Option<CommitGate>,
 ) -> StoreResult<Vec<StoreResult<Appended>>> {
-    let mut client = pool.get().await.map_err(map_pool_err)?;
-    let tx = client.transaction().await.map_err(map_err)?;
+    let open = OpenTransaction {
+        client: Some(pool.get().await.map_err(map_pool_err)?),
+        open: std::cell::Cell::new(false),
+    };
+    let client = open.client()?;
+    // Every statement whose place on the wire matters is prepared (after a connection's first
+    // group, found in its cache) before the transaction begins, so that each is sent the moment
+    // it is first polled.
+    let statements = Statements::prepare(client).await?;
 
-    // Every append queues here first; everything below reads data committed by the previous
-    // holder of the lock, and the positions taken are released only by this transaction's end.
-    let head_stmt = tx
-        .prepare_cached("SELECT position FROM event_head WHERE singleton FOR UPDATE")
-        .await
-        .map_err(map_err)?;
-    // The head event's hash, by a statement of its own, so that it reads with a snapshot taken
-    // after the lock was granted: a join in the locking statement would see the head event as
-    // of before the wait.
-    let link_stmt = tx
-        .prepare_cached(
-            // A lookup by primary key whatever the table's statistics say: a join here can be
-            // planned as a scan of the whole log while the statistics are young.
-            "SELECT hash FROM events \
-             WHERE position = (SELECT position FROM event_head WHERE singleton)",
-        )
-        .await
-        .map_err(map_err)?;
-    let (locked, link_row, state, keys) = {
-        let mut lock = std::pin::pin!(tx.query_one(&head_stmt, &[]));
-        // Polled once on its own, the locking statement is on the wire before any read below. The
-        // server runs one connection's statements in the order they arrive, so every read runs
-        // after the lock is granted, with a snapshot that holds the previous holder's commit, while
-        // all of them cost one round trip together.
-        let mut locked_early = None;
-        std::future::poll_fn(|cx| {
-            if let std::task::Poll::Ready(result) = std::future::Future::poll(lock.as_mut(), cx) {
-                locked_early = Some(result);
-            }
-            std::task::Poll::Ready(())
-        })
-        .await;
+    open.open.set(true);
+    let (begun, locked, link_row, state, keys) = {
+        // The transaction's start, then the locking statement, each polled once on its own, are
+        // on the wire before any read below. The server runs one connection's statements in the
+        // order they arrive, so every read runs after the lock is granted, with a snapshot that
+        // holds the previous holder's commit, while all of them cost one round trip together.
+        let mut begin = std::pin::pin!(client.batch_execute("BEGIN"));
+        let begun_early = poll_once(begin.as_mut()).await;
+        // Every append queues here first; everything below reads data committed by the
+        // previous holder of the lock, and the positions taken are released only by this
+        // transaction's end.
+        let mut lock = std::pin::pin!(client.query_one(&statements.head, &[]));
+        let locked_early = poll_once(lock.as_mut()).await;
         tokio::join!(
-            async {
-                match locked_early {
-                    Some(result) => result,
-                    None => lock.await,
-                }
-            },
-            tx.query_opt(&link_stmt, &[]),
-            read_state(&tx, &batches),
-            crate::store::keys::postgres::GroupKeys::read(&tx, &batches)
+            finish(begun_early, begin),
+            finish(locked_early, lock),
+            // The head event's hash, by a statement of its own, so that it reads with a
+            // snapshot taken after the lock was granted: a join in the locking statement would
+            // see the head event as of before the wait.
+            client.query_opt(&statements.link, &[]),
+            read_state(client, &batches),
+            crate::store::keys::postgres::GroupKeys::read(client, &batches)
         )
     };
+    begun.map_err(map_err)?;
     let head: i64 = locked.map_err(map_err)?.try_get(0).map_err(corrupt)?;
     let head = to_u64(head, "head position")?;
     let stored = link_row
@@ -267,7 +256,7 @@ pub(super) async fn commit(
         let (actual, staged, stored_at) = match decided {
             Ok(decided) => decided,
             Err(StoreError::DuplicateRequest(_)) if batch.request.is_some() => {
-                results.push(Err(duplicate(&tx, &batch, &requests).await?));
+                results.push(Err(duplicate(client, &batch, &requests).await?));
                 continue;
             }
             Err(e) => {
@@ -353,60 +342,187 @@ pub(super) async fn commit(
 
     if position == head {
         // Nothing accepted: the transaction ends without writing, releasing the lock.
+        client.batch_execute("ROLLBACK").await.map_err(map_err)?;
+        open.open.set(false);
         return Ok(results);
     }
-    let advance = tx
-        .prepare_cached("UPDATE event_head SET position = $1 WHERE singleton")
-        .await
-        .map_err(map_err)?;
     let head_position = to_sql_int(position);
-    // The writes touch different rows and tables: sent together, they cost one round trip. If
-    // one fails, the transaction is aborted and the statements after it fail too; the events'
-    // insert, the likeliest to fail, is reported first.
-    // The notification is delivered to listeners when (and only if) the transaction commits.
-    let notify = tx
-        .prepare_cached("SELECT pg_notify($1, $2)")
-        .await
-        .map_err(map_err)?;
     let head_text = position.to_string();
-    let (events, requests_written, advanced, reservations, keys_written, notified) = tokio::join!(
-        write_events(&tx, &rows),
-        write_requests(&tx, &request_rows),
-        async {
-            tx.execute(&advance, &[&head_position])
-                .await
-                .map_err(map_err)
-        },
-        write_reservations(&tx, &db_holders, &holders),
-        keys.write(&tx),
-        async {
-            tx.execute(&notify, &[&super::APPENDED_CHANNEL, &head_text])
-                .await
-                .map_err(map_err)
-        },
-    );
+    // The writes touch different rows and tables, and each sends its statements when first
+    // polled: all of them are on the wire after one poll, and cost one round trip together.
+    // If one fails, the transaction is aborted and the statements after it fail too; the
+    // events' insert, the likeliest to fail, is reported first.
+    // The notification is delivered to listeners when (and only if) the transaction commits.
+    let writes = async {
+        tokio::join!(
+            write_events(client, &statements, &rows),
+            write_requests(client, &statements, &request_rows),
+            async {
+                client
+                    .execute(&statements.advance, &[&head_position])
+                    .await
+                    .map_err(map_err)
+            },
+            write_reservations(client, &statements, &db_holders, &holders),
+            keys.write(client, &statements.erase_keys, &statements.store_keys),
+            async {
+                client
+                    .execute(&statements.notify, &[&super::APPENDED_CHANNEL, &head_text])
+                    .await
+                    .map_err(map_err)
+            },
+        )
+    };
+    let (written, committed) = match gate {
+        Some(gate) => {
+            let written = writes.await;
+            if let Some(Ok(appended)) = results.first() {
+                // The test side may have stopped listening; the append goes on regardless.
+                let _ = gate.taken.send(*appended);
+            }
+            let _ = gate.release.await;
+            (written, client.batch_execute("COMMIT").await)
+        }
+        None => {
+            let mut writes = std::pin::pin!(writes);
+            let written_early = poll_once(writes.as_mut()).await;
+            // Every write is on the wire: the commit goes right behind them, so the lock is
+            // held one round trip less. Should a write fail, the server answers the commit of
+            // the aborted transaction by rolling it back, and the write's error is reported.
+            tokio::join!(
+                finish(written_early, writes),
+                client.batch_execute("COMMIT")
+            )
+        }
+    };
+    let (events, requests_written, advanced, reservations, keys_written, notified) = written;
     events?;
     requests_written?;
     advanced?;
     reservations?;
     keys_written?;
     notified?;
-
-    if let Some(gate) = gate {
-        if let Some(Ok(appended)) = results.first() {
-            // The test side may have stopped listening; the append goes on regardless.
-            let _ = gate.taken.send(*appended);
-        }
-        let _ = gate.release.await;
-    }
-    tx.commit().await.map_err(map_err)?;
+    committed.map_err(map_err)?;
+    open.open.set(false);
     Ok(results)
+}
+
+/// The statements of a group whose place on the wire matters, prepared before it begins.
+struct Statements {
+    head: tokio_postgres::Statement,
+    link: tokio_postgres::Statement,
+    events: tokio_postgres::Statement,
+    requests: tokio_postgres::Statement,
+    advance: tokio_postgres::Statement,
+    notify: tokio_postgres::Statement,
+    release: tokio_postgres::Statement,
+    reserve: tokio_postgres::Statement,
+    erase_keys: tokio_postgres::Statement,
+    store_keys: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> StoreResult<Self> {
+        let prepare =
+            |sql: &'static str| async move { client.prepare_cached(sql).await.map_err(map_err) };
+        Ok(Self {
+            head: prepare("SELECT position FROM event_head WHERE singleton FOR UPDATE").await?,
+            link: prepare(
+                // A lookup by primary key whatever the table's statistics say: a join here can
+                // be planned as a scan of the whole log while the statistics are young.
+                "SELECT hash FROM events \
+                 WHERE position = (SELECT position FROM event_head WHERE singleton)",
+            )
+            .await?,
+            events: prepare(
+                "INSERT INTO events (position, event_id, stream_id, stream_type, version, \
+                 occurred_at, event_type, event_version, payload, metadata, key_id, hash) \
+                 SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], \
+                 $5::bigint[], $6::timestamptz[], $7::text[], $8::text[], $9::json[], \
+                 $10::json[], $11::text[], $12::text[])",
+            )
+            .await?,
+            requests: prepare(
+                "INSERT INTO requests (actor, request_id, request_hash, outcome, position) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::json[], \
+                 $5::bigint[])",
+            )
+            .await?,
+            advance: prepare("UPDATE event_head SET position = $1 WHERE singleton").await?,
+            notify: prepare("SELECT pg_notify($1, $2)").await?,
+            release: prepare(
+                "DELETE FROM reservations r USING unnest($1::text[], $2::text[]) AS k(scope, key) \
+                 WHERE r.scope = k.scope AND r.key = k.key",
+            )
+            .await?,
+            // A key released and claimed again in one group changes holder in place, so that
+            // no write of the group depends on another having run first.
+            reserve: prepare(
+                "INSERT INTO reservations (scope, key, stream_id) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) \
+                 ON CONFLICT (scope, key) DO UPDATE SET stream_id = EXCLUDED.stream_id",
+            )
+            .await?,
+            erase_keys: prepare(crate::store::keys::postgres::ERASE_KEYS).await?,
+            store_keys: prepare(crate::store::keys::postgres::STORE_KEYS).await?,
+        })
+    }
+}
+
+/// A pooled connection and whether a transaction of the group's own making is open on it.
+/// Dropped while one is (an error, or the committer's task dropped), the connection leaves the
+/// pool instead of going to its next user mid-transaction; closing it rolls the transaction
+/// back.
+struct OpenTransaction {
+    client: Option<Client>,
+    open: std::cell::Cell<bool>,
+}
+
+impl OpenTransaction {
+    fn client(&self) -> StoreResult<&Client> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("the group's connection is gone".into()))
+    }
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        if self.open.get() {
+            if let Some(client) = self.client.take() {
+                drop(deadpool_postgres::Object::take(client));
+            }
+        }
+    }
+}
+
+/// Polls `future` once, so that the statement it sends is on the wire before anything polled
+/// after it; its output, if that one poll finished it.
+async fn poll_once<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// The output of a future [`poll_once`] polled: the one it gave, or the rest of the wait.
+async fn finish<F: std::future::Future>(
+    early: Option<F::Output>,
+    future: std::pin::Pin<&mut F>,
+) -> F::Output {
+    match early {
+        Some(output) => output,
+        None => future.await,
+    }
 }
 
 /// The answer to an append whose request id is already used: the first outcome, as a lone
 /// append's lookup gives it for one stored earlier, as written for one earlier in this group.
 async fn duplicate(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &Client,
     batch: &AppendBatch,
     requests: &HashMap<(String, String), RequestOutcome>,
 ) -> StoreResult<StoreError> {
@@ -431,10 +547,7 @@ type State = (
 /// Reads what the group's checks need, under the lock: the stored outcomes of its request ids,
 /// its streams' versions, the holders of the keys it claims or releases, and which of its event
 /// ids are already stored.
-async fn read_state(
-    tx: &deadpool_postgres::Transaction<'_>,
-    batches: &[AppendBatch],
-) -> StoreResult<State> {
+async fn read_state(tx: &Client, batches: &[AppendBatch]) -> StoreResult<State> {
     let (actors, request_ids): (Vec<&str>, Vec<&str>) = batches
         .iter()
         .filter_map(|b| b.request.as_ref())
@@ -641,85 +754,84 @@ fn decide(
     Ok((actual, staged))
 }
 
-/// Brings the reservations table from `before` (as read) to `after` (as the group leaves it).
+/// Brings the reservations table from `before` (as read) to `after` (as the group leaves it):
+/// the keys released for good are deleted, the keys claimed are written with their holder. The
+/// two touch different keys, and both are sent when first polled.
 async fn write_reservations(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &Client,
+    statements: &Statements,
     before: &Holders,
     after: &Holders,
 ) -> StoreResult<()> {
     let mut gone: (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
-    let mut new: (Vec<&str>, Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new(), Vec::new());
+    let mut held: (Vec<&str>, Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new(), Vec::new());
     for ((scope, key), holder) in after {
         let was = before.get(&(scope.clone(), key.clone())).cloned().flatten();
         if was == *holder {
             continue;
         }
-        if was.is_some() {
-            gone.0.push(scope);
-            gone.1.push(key);
+        match holder {
+            Some(stream) => {
+                held.0.push(scope);
+                held.1.push(key);
+                held.2.push(stream);
+            }
+            None => {
+                gone.0.push(scope);
+                gone.1.push(key);
+            }
         }
-        if let Some(stream) = holder {
-            new.0.push(scope);
-            new.1.push(key);
-            new.2.push(stream);
-        }
     }
-    if !gone.0.is_empty() {
-        tx.execute(
-            "DELETE FROM reservations r USING unnest($1::text[], $2::text[]) AS k(scope, key) \
-             WHERE r.scope = k.scope AND r.key = k.key",
-            &[&gone.0, &gone.1],
-        )
-        .await
-        .map_err(map_err)?;
-    }
-    if !new.0.is_empty() {
-        tx.execute(
-            "INSERT INTO reservations (scope, key, stream_id) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
-            &[&new.0, &new.1, &new.2],
-        )
-        .await
-        .map_err(map_err)?;
-    }
+    let (released, reserved) = tokio::join!(
+        async {
+            if gone.0.is_empty() {
+                return Ok(0);
+            }
+            client
+                .execute(&statements.release, &[&gone.0, &gone.1])
+                .await
+        },
+        async {
+            if held.0.is_empty() {
+                return Ok(0);
+            }
+            client
+                .execute(&statements.reserve, &[&held.0, &held.1, &held.2])
+                .await
+        },
+    );
+    released.map_err(map_err)?;
+    reserved.map_err(map_err)?;
     Ok(())
 }
 
-async fn write_events(tx: &deadpool_postgres::Transaction<'_>, rows: &Rows) -> StoreResult<()> {
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO events (position, event_id, stream_id, stream_type, version, \
-             occurred_at, event_type, event_version, payload, metadata, key_id, hash) \
-             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], \
-             $5::bigint[], $6::timestamptz[], $7::text[], $8::text[], $9::json[], $10::json[], \
-             $11::text[], $12::text[])",
+async fn write_events(client: &Client, statements: &Statements, rows: &Rows) -> StoreResult<()> {
+    client
+        .execute(
+            &statements.events,
+            &[
+                &rows.position,
+                &rows.event_id,
+                &rows.stream_id,
+                &rows.stream_type,
+                &rows.version,
+                &rows.occurred_at,
+                &rows.event_type,
+                &rows.event_version,
+                &rows.payload,
+                &rows.metadata,
+                &rows.key_id,
+                &rows.hash,
+            ],
         )
         .await
         .map_err(map_err)?;
-    tx.execute(
-        &stmt,
-        &[
-            &rows.position,
-            &rows.event_id,
-            &rows.stream_id,
-            &rows.stream_type,
-            &rows.version,
-            &rows.occurred_at,
-            &rows.event_type,
-            &rows.event_version,
-            &rows.payload,
-            &rows.metadata,
-            &rows.key_id,
-            &rows.hash,
-        ],
-    )
-    .await
-    .map_err(map_err)?;
     Ok(())
 }
 
 async fn write_requests(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &Client,
+    statements: &Statements,
     rows: &[(String, String, String, serde_json::Value, i64)],
 ) -> StoreResult<()> {
     if rows.is_empty() {
@@ -730,19 +842,13 @@ async fn write_requests(
     let hashes: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
     let outcomes: Vec<&serde_json::Value> = rows.iter().map(|r| &r.3).collect();
     let positions: Vec<i64> = rows.iter().map(|r| r.4).collect();
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO requests (actor, request_id, request_hash, outcome, position) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::json[], $5::bigint[])",
+    client
+        .execute(
+            &statements.requests,
+            &[&actors, &request_ids, &hashes, &outcomes, &positions],
         )
         .await
         .map_err(map_err)?;
-    tx.execute(
-        &stmt,
-        &[&actors, &request_ids, &hashes, &outcomes, &positions],
-    )
-    .await
-    .map_err(map_err)?;
     Ok(())
 }
 
