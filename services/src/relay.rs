@@ -653,21 +653,38 @@ impl EventPublisher {
         settings: &StreamSettings,
     ) -> Result<stream::Info, StreamSetupError> {
         use jetstream::context::CreateStreamErrorKind as Kind;
-        self.jetstream
-            .create_or_update_stream(settings.to_config())
-            .await
-            .map_err(|err| match err.kind() {
-                Kind::JetStream(_) | Kind::EmptyStreamName | Kind::InvalidStreamName => {
-                    StreamSetupError::Refused {
-                        stream: settings.name.clone(),
-                        source: err,
-                    }
-                }
-                _ => StreamSetupError::Unreachable {
+        let mut raced = false;
+        let created = loop {
+            let created = self
+                .jetstream
+                .create_or_update_stream(settings.to_config())
+                .await;
+            // Another relay can create the stream between this one's update, which found none,
+            // and its create, which the server then refuses as a name in use or (checked first)
+            // as subjects overlapping the stream just made. Updating it now finds it; a stream
+            // of another name that truly overlaps is refused again.
+            let lost_the_create = matches!(
+                created.as_ref().map_err(|e| e.kind()),
+                Err(Kind::JetStream(e)) if e.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+                    || e.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP
+            );
+            if raced || !lost_the_create {
+                break created;
+            }
+            raced = true;
+        };
+        created.map_err(|err| match err.kind() {
+            Kind::JetStream(_) | Kind::EmptyStreamName | Kind::InvalidStreamName => {
+                StreamSetupError::Refused {
                     stream: settings.name.clone(),
-                    source: Box::new(err),
-                },
-            })
+                    source: err,
+                }
+            }
+            _ => StreamSetupError::Unreachable {
+                stream: settings.name.clone(),
+                source: Box::new(err),
+            },
+        })
     }
 
     /// The last message in the stream, `None` when the stream is empty or its last message was

@@ -747,3 +747,48 @@ async fn a_commit_wakes_an_idle_relay_long_before_its_poll_interval() {
     relay.shutdown().await.unwrap();
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_creating_the_stream_at_the_same_moment_all_find_it_ready() {
+    // Each round, on a broker of its own, four relays create the missing stream at once as
+    // starting relays do: an update that finds none, then a create, which all but one lose to
+    // another's.
+    for round in 0..20 {
+        let Some(nats) = NatsTestServer::start().await else {
+            return;
+        };
+        let mut publishers = Vec::new();
+        for _ in 0..4 {
+            let client = async_nats::connect(nats.url()).await.unwrap();
+            publishers.push(EventPublisher::new(
+                client,
+                "ONBEHALF_EVENTS",
+                Duration::from_secs(2),
+            ));
+        }
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(publishers.len()));
+        let tasks: Vec<_> = publishers
+            .into_iter()
+            .map(|publisher| {
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    publisher
+                        .ensure_stream(&StreamSettings::builtin())
+                        .await
+                        .map(|info| info.config.name)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let mut ready = Vec::new();
+        for task in tasks {
+            ready.push(task.await.unwrap());
+        }
+        assert_eq!(
+            ready,
+            vec![Ok("ONBEHALF_EVENTS".to_owned()); 4],
+            "round {round}"
+        );
+    }
+}
