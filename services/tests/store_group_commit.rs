@@ -261,6 +261,34 @@ fn sealing(stream_id: &str, expected_version: u64, subject: &str, email: &str) -
     b
 }
 
+/// The `email` of every invitation event in `stream_id`, opened (or erased), by position.
+async fn invited_emails(store: &PostgresStore, stream_id: &str) -> Vec<(u64, serde_json::Value)> {
+    store
+        .read_all(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.stream_id == stream_id && e.payload.get("Invited").is_some())
+        .map(|e| (e.position, e.payload["Invited"]["email"].clone()))
+        .collect()
+}
+
+/// The data keys stored, as (subject, key id), by subject.
+async fn stored_keys(db: &onbehalf::testing::TestDatabase) -> Vec<(String, String)> {
+    db.client()
+        .await
+        .unwrap()
+        .query(
+            "SELECT subject, key_id FROM data_keys ORDER BY subject",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appends_of_a_group_seal_erase_and_seal_again_as_if_one_after_another() {
     let Some(db) = postgres_test_database().await else {
@@ -291,11 +319,7 @@ async fn appends_of_a_group_seal_erase_and_seal_again_as_if_one_after_another() 
     // Read back opened: the two events sealed before the erasure read as erased, the one
     // sealed after it under a new key opens.
     let log = store.read_all(0, 100).await.unwrap();
-    let emails: Vec<(u64, serde_json::Value)> = log
-        .iter()
-        .filter(|e| e.stream_id == "user-a" && e.payload.get("Invited").is_some())
-        .map(|e| (e.position, e.payload["Invited"]["email"].clone()))
-        .collect();
+    let emails = invited_emails(&store, "user-a").await;
     let erased = onbehalf_events::personal::erased_value("email");
     assert_eq!(
         emails,
@@ -313,26 +337,14 @@ async fn appends_of_a_group_seal_erase_and_seal_again_as_if_one_after_another() 
     assert_ne!(key_ids[1], key_ids[4], "a new key after the erasure");
 
     // The table holds exactly the key made after the erasure.
-    let client = db.client().await.unwrap();
-    let rows: Vec<(String, String)> = client
-        .query(
-            "SELECT subject, key_id FROM data_keys ORDER BY subject",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     assert_eq!(
-        rows,
+        stored_keys(&db).await,
         vec![("email-a".to_owned(), key_ids[4].clone().unwrap())]
     );
     assert!(matches!(
         verify_chain(&store, 100).await.unwrap(),
         ChainReport::Intact { head: 5, .. }
     ));
-    drop(client);
     drop(store);
     db.drop_database().await.unwrap();
 }
@@ -421,11 +433,7 @@ async fn a_stored_data_key_erased_and_sealed_again_in_one_group_is_replaced_by_a
     assert_eq!(landed, vec![Some(3), Some(4)]);
 
     let log = store.read_all(0, 100).await.unwrap();
-    let emails: Vec<(u64, serde_json::Value)> = log
-        .iter()
-        .filter(|e| e.stream_id == "user-a" && e.payload.get("Invited").is_some())
-        .map(|e| (e.position, e.payload["Invited"]["email"].clone()))
-        .collect();
+    let emails = invited_emails(&store, "user-a").await;
     assert_eq!(
         emails,
         vec![
@@ -435,23 +443,14 @@ async fn a_stored_data_key_erased_and_sealed_again_in_one_group_is_replaced_by_a
     );
     let key_ids: Vec<Option<String>> = log.iter().map(|e| e.key_id.clone()).collect();
     assert_ne!(key_ids[0], key_ids[3], "a new key after the erasure");
-    let client = db.client().await.unwrap();
-    let rows: Vec<(String, String)> = client
-        .query("SELECT subject, key_id FROM data_keys", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
     assert_eq!(
-        rows,
+        stored_keys(&db).await,
         vec![("email-a".to_owned(), key_ids[3].clone().unwrap())]
     );
     assert!(matches!(
         verify_chain(&store, 100).await.unwrap(),
         ChainReport::Intact { head: 4, .. }
     ));
-    drop(client);
     drop(store);
     db.drop_database().await.unwrap();
 }
