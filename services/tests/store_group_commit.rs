@@ -59,6 +59,22 @@ fn claiming(mut batch: AppendBatch, key: &str) -> AppendBatch {
     batch
 }
 
+fn releasing(mut batch: AppendBatch, key: &str) -> AppendBatch {
+    batch.releases.push(Reservation {
+        scope: "domain".into(),
+        key: key.into(),
+    });
+    batch
+}
+
+/// The last position of each append that landed; `None` for each one refused.
+fn landed(answers: &[StoreResult<Appended>]) -> Vec<Option<u64>> {
+    answers
+        .iter()
+        .map(|a| a.as_ref().ok().map(|a| a.last_position))
+        .collect()
+}
+
 /// Holds the head lock with a gated append to `account-gate` (at the position after the log's
 /// head), queues `batches` one after the
 /// other behind it, releases the lock, and returns each queued append's answer in order.
@@ -204,11 +220,7 @@ async fn a_key_claimed_twice_in_a_group_goes_to_the_first_and_a_release_frees_it
     };
     let store = PostgresStore::connect(&db.url).await.unwrap();
 
-    let mut release = batch("account-a", 1);
-    release.releases.push(Reservation {
-        scope: "domain".into(),
-        key: "client1.co.tz".into(),
-    });
+    let release = releasing(batch("account-a", 1), "client1.co.tz");
     let answers = queued_behind_the_lock(
         &store,
         vec![
@@ -220,10 +232,7 @@ async fn a_key_claimed_twice_in_a_group_goes_to_the_first_and_a_release_frees_it
     )
     .await;
 
-    let positions: Vec<Option<u64>> = answers
-        .iter()
-        .map(|a| a.as_ref().ok().map(|a| a.last_position))
-        .collect();
+    let positions = landed(&answers);
     assert_eq!(positions, vec![Some(2), None, Some(3), Some(4)]);
     assert!(matches!(
         &answers[1],
@@ -310,10 +319,7 @@ async fn appends_of_a_group_seal_erase_and_seal_again_as_if_one_after_another() 
         ],
     )
     .await;
-    let landed: Vec<Option<u64>> = answers
-        .iter()
-        .map(|a| a.as_ref().ok().map(|a| a.last_position))
-        .collect();
+    let landed = landed(&answers);
     assert_eq!(landed, vec![Some(2), Some(3), None, Some(4), Some(5)]);
 
     // Read back opened: the two events sealed before the erasure read as erased, the one
@@ -360,11 +366,7 @@ async fn a_stored_key_released_and_claimed_by_another_stream_in_one_group_change
         .await
         .unwrap();
 
-    let mut release = batch("account-a", 1);
-    release.releases.push(Reservation {
-        scope: "domain".into(),
-        key: "client1.co.tz".into(),
-    });
+    let release = releasing(batch("account-a", 1), "client1.co.tz");
     let answers = queued_behind_the_lock(
         &store,
         vec![
@@ -375,10 +377,7 @@ async fn a_stored_key_released_and_claimed_by_another_stream_in_one_group_change
     )
     .await;
 
-    let positions: Vec<Option<u64>> = answers
-        .iter()
-        .map(|a| a.as_ref().ok().map(|a| a.last_position))
-        .collect();
+    let positions = landed(&answers);
     assert_eq!(positions, vec![None, Some(3), Some(4)]);
     assert!(matches!(
         &answers[0],
@@ -426,10 +425,7 @@ async fn a_stored_data_key_erased_and_sealed_again_in_one_group_is_replaced_by_a
         ],
     )
     .await;
-    let landed: Vec<Option<u64>> = answers
-        .iter()
-        .map(|a| a.as_ref().ok().map(|a| a.last_position))
-        .collect();
+    let landed = landed(&answers);
     assert_eq!(landed, vec![Some(3), Some(4)]);
 
     let log = store.read_all(0, 100).await.unwrap();
