@@ -497,3 +497,139 @@ async fn a_group_whose_write_fails_commits_nothing_and_the_next_group_lands_wher
     drop(store);
     db.drop_database().await.unwrap();
 }
+
+/// Queues `first` behind the gated append that holds the head lock, then `then` one after the
+/// other while `first`'s group waits for the lock, so that `then` become the group begun right
+/// behind `first`'s commit; releases the lock and returns `first`'s answer and the others'.
+async fn queued_behind_one_group(
+    store: &PostgresStore,
+    first: AppendBatch,
+    then: Vec<AppendBatch>,
+) -> (StoreResult<Appended>, Vec<StoreResult<Appended>>) {
+    let mut all = vec![first];
+    all.extend(then);
+    let mut answers = queued_behind_the_lock(store, all).await;
+    let rest = answers.split_off(1);
+    (answers.remove(0), rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_begun_behind_a_commit_is_decided_on_what_that_commit_wrote() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+
+    let (first, then) = queued_behind_one_group(
+        &store,
+        claiming(
+            with_request(batch("account-a", 0), "order-1"),
+            "client1.co.tz",
+        ),
+        vec![
+            // Each of these would pass its checks against the log as it was before `first`.
+            batch("account-a", 0),
+            claiming(batch("account-b", 0), "client1.co.tz"),
+            with_request(batch("account-c", 0), "order-1"),
+            batch("account-a", 1),
+        ],
+    )
+    .await;
+
+    assert_eq!(first.unwrap().last_position, 2);
+    assert!(matches!(
+        then[0],
+        Err(StoreError::Conflict {
+            expected: 0,
+            actual: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        &then[1],
+        Err(StoreError::Reserved { key, .. }) if key == "client1.co.tz"
+    ));
+    match &then[2] {
+        Err(StoreError::DuplicateRequest(first)) => {
+            assert_eq!(first.position, 2);
+            assert_eq!(first.outcome, json!({ "stream": "account-a" }));
+        }
+        other => panic!("expected the first outcome, got {other:?}"),
+    }
+    assert_eq!(then[3].as_ref().unwrap().last_position, 3);
+    let streams: Vec<(u64, String, u64)> = store
+        .read_all(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.position, e.stream_id, e.version))
+        .collect();
+    assert_eq!(
+        streams,
+        vec![
+            (1, "account-gate".into(), 1),
+            (2, "account-a".into(), 1),
+            (3, "account-a".into(), 2),
+        ]
+    );
+    assert!(matches!(
+        verify_chain(&store, 100).await.unwrap(),
+        ChainReport::Intact { head: 3, .. }
+    ));
+    drop(store);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_begun_behind_a_failed_commit_lands_where_the_failed_one_would_have() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    let mut unstorable = claiming(
+        with_request(batch("account-a", 0), "order-1"),
+        "client1.co.tz",
+    );
+    unstorable.events[0].event_type = "Counted\0".into();
+
+    let (first, then) = queued_behind_one_group(
+        &store,
+        unstorable,
+        vec![
+            claiming(batch("account-b", 0), "client1.co.tz"),
+            with_request(batch("account-c", 0), "order-1"),
+            batch("account-a", 0),
+        ],
+    )
+    .await;
+
+    assert!(matches!(first, Err(StoreError::Backend(_))), "{first:?}");
+    assert_eq!(landed(&then), vec![Some(2), Some(3), Some(4)], "{then:?}");
+    let streams: Vec<(u64, String)> = store
+        .read_all(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.position, e.stream_id))
+        .collect();
+    assert_eq!(
+        streams,
+        vec![
+            (1, "account-gate".into()),
+            (2, "account-b".into()),
+            (3, "account-c".into()),
+            (4, "account-a".into()),
+        ]
+    );
+    let holder =
+        onbehalf::store::ReservationLookup::find_reservation(&store, "domain", "client1.co.tz")
+            .await
+            .unwrap();
+    assert_eq!(holder.as_deref(), Some("account-b"));
+    assert!(matches!(
+        verify_chain(&store, 100).await.unwrap(),
+        ChainReport::Intact { head: 4, .. }
+    ));
+    drop(store);
+    db.drop_database().await.unwrap();
+}

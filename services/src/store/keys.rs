@@ -477,28 +477,23 @@ CREATE TABLE data_keys (
     }
 
     impl GroupKeys {
-        /// Reads the stored keys of every subject the batches seal under.
+        /// The subjects `batches` seal under, each once: what [`read`](Self::read) looks up.
+        pub(crate) fn subjects(batches: &[AppendBatch]) -> Vec<String> {
+            let subjects: BTreeSet<String> = batches.iter().flat_map(subjects_to_seal).collect();
+            subjects.into_iter().collect()
+        }
+
+        /// Reads the stored keys of `subjects` with `lookup`, [`LOOKUP_KEYS`] prepared.
         pub(crate) async fn read(
             tx: &impl GenericClient,
-            batches: &[AppendBatch],
+            lookup: &tokio_postgres::Statement,
+            subjects: Vec<String>,
         ) -> StoreResult<GroupKeys> {
-            let subjects: BTreeSet<String> = batches.iter().flat_map(subjects_to_seal).collect();
             let mut group = GroupKeys::default();
             if subjects.is_empty() {
                 return Ok(group);
             }
-            let subjects: Vec<String> = subjects.into_iter().collect();
-            let stmt = tx
-                .prepare_cached(
-                    // One index probe per subject, whatever the plan: the `LIMIT` keeps the
-                    // planner from flattening the subquery into a join that scans the table.
-                    "SELECT d.* FROM unnest($1::text[]) AS k(subject) \
-                     CROSS JOIN LATERAL (SELECT d.subject, d.key_id, d.key_bytes FROM data_keys d \
-                     WHERE d.subject = k.subject LIMIT 1) d",
-                )
-                .await
-                .map_err(backend)?;
-            let rows = tx.query(&stmt, &[&subjects]).await.map_err(backend)?;
+            let rows = tx.query(lookup, &[&subjects]).await.map_err(backend)?;
             for row in rows {
                 let subject: String = row.try_get(0).map_err(backend)?;
                 let key_id: String = row.try_get(1).map_err(backend)?;
@@ -594,6 +589,12 @@ CREATE TABLE data_keys (
             Ok(())
         }
     }
+
+    /// The stored keys of the subjects `$1`: one index probe per subject, whatever the plan (the
+    /// `LIMIT` keeps the planner from flattening the subquery into a join that scans the table).
+    pub(crate) const LOOKUP_KEYS: &str = "SELECT d.* FROM unnest($1::text[]) AS k(subject) \
+         CROSS JOIN LATERAL (SELECT d.subject, d.key_id, d.key_bytes FROM data_keys d \
+         WHERE d.subject = k.subject LIMIT 1) d";
 
     /// Deletes the stored keys of the subjects `$1`.
     pub(crate) const ERASE_KEYS: &str = "DELETE FROM data_keys WHERE subject = ANY($1)";

@@ -14,11 +14,14 @@
 //! it claims and releases, its event ids. One that fails a check is answered with that error and
 //! leaves nothing in the group; the others go on. The checks read everything they need in a few
 //! statements sent right behind the locking one, decide in memory, and the accepted appends are
-//! written with one statement per table, all sent together with the commit behind them; a group
-//! costs two round trips (begin, lock and reads; writes and commit) whatever its size. Positions and the hash chain are assigned in queue order, so the
-//! group lands as if its appends had committed one after another, and readers see all of it at
-//! once, at commit. A failure of the transaction itself (the connection, the commit) fails every
-//! append of the group alike.
+//! written with one statement per table, all sent together with the commit behind them: a group
+//! costs two round trips (begin, lock and reads; writes and commit) whatever its size. Under
+//! load the committer keeps one connection and sends the next group's begin, lock and reads
+//! right behind the commit of the group before, so that from its side each further group costs
+//! one round trip; the server still runs the two groups one after the other. Positions and the
+//! hash chain are assigned in queue order, so the group lands as if its appends had committed
+//! one after another, and readers see all of it at once, at commit. A failure of the transaction
+//! itself (the connection, the commit) fails every append of the group alike.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -90,6 +93,19 @@ impl Committer {
             queue.running = false;
             return None;
         }
+        Some(Self::take_group(&mut queue))
+    }
+
+    /// Takes the next group off the queue if it holds any; the committer goes on either way.
+    fn queued_group(&self) -> Option<Vec<Pending>> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.pending.is_empty() {
+            return None;
+        }
+        Some(Self::take_group(&mut queue))
+    }
+
+    fn take_group(queue: &mut Queue) -> Vec<Pending> {
         let mut events = 0;
         let mut take = 0;
         for pending in &queue.pending {
@@ -99,7 +115,7 @@ impl Committer {
             }
             take += 1;
         }
-        Some(queue.pending.drain(..take).collect())
+        queue.pending.drain(..take).collect()
     }
 }
 
@@ -136,17 +152,9 @@ async fn run(committer: Arc<Committer>, pool: Pool) {
         committer: committer.clone(),
         finished: false,
     };
-    while let Some(group) = committer.next_group() {
-        let (batches, answers): (Vec<_>, Vec<_>) =
-            group.into_iter().map(|p| (p.batch, p.answer)).unzip();
-        let results = match commit(&pool, batches, None).await {
-            Ok(results) => results,
-            Err(e) => answers.iter().map(|_| Err(same_error(&e))).collect(),
-        };
-        for (answer, result) in answers.into_iter().zip(results) {
-            // A caller that stopped waiting has no one to tell; its append stands.
-            let _ = answer.send(result);
-        }
+    let mut next = committer.next_group();
+    while let Some(group) = next.take() {
+        next = commit_in_turn(&committer, &pool, group).await;
     }
     guard.finished = true;
 }
@@ -181,48 +189,166 @@ struct Rows {
 /// Who holds a unique key: `None` once released.
 type Holders = HashMap<(String, String), Option<String>>;
 
-/// Commits `batches` as one group; the outer error fails all of them, the inner results are
-/// each append's own answer. With a `gate` (tests of the ordering guarantee) the group waits
-/// for it after writing and before committing.
+/// Where each append of a group is answered, in queue order.
+type Answers = Vec<oneshot::Sender<StoreResult<Appended>>>;
+
+fn split(group: Vec<Pending>) -> (Vec<AppendBatch>, Answers) {
+    group.into_iter().map(|p| (p.batch, p.answer)).unzip()
+}
+
+fn answer(answers: Answers, results: StoreResult<Vec<StoreResult<Appended>>>) {
+    let results = match results {
+        Ok(results) => results,
+        Err(e) => answers.iter().map(|_| Err(same_error(&e))).collect(),
+    };
+    for (answer, result) in answers.into_iter().zip(results) {
+        // A caller that stopped waiting has no one to tell; its append stands.
+        let _ = answer.send(result);
+    }
+}
+
+/// Commits `group`, then every group queued after it, on one connection: while a group's writes
+/// and commit are on the wire, the appends queued meanwhile become the next group and its
+/// begin, lock and reads are sent right behind that commit, so that under load a group costs
+/// one round trip from the committer's side. Returns the next group when the connection has to
+/// be given up (a transaction of unknown state is open on it), `None` once the queue is empty
+/// and the committer has stopped.
+async fn commit_in_turn(
+    committer: &Committer,
+    pool: &Pool,
+    group: Vec<Pending>,
+) -> Option<Vec<Pending>> {
+    let (batches, answers) = split(group);
+    let open = match pool.get().await {
+        Ok(client) => OpenTransaction::new(client),
+        Err(e) => {
+            answer(answers, Err(map_pool_err(e)));
+            return committer.next_group();
+        }
+    };
+    let client = open.client();
+    let statements = match Statements::prepare(client).await {
+        Ok(statements) => statements,
+        Err(e) => {
+            answer(answers, Err(e));
+            return committer.next_group();
+        }
+    };
+    open.set_open(true);
+    let mut reading = Reading::start(client, &statements, &batches).await;
+    let mut current = (batches, answers);
+    loop {
+        let (batches, answers) = current;
+        let (results, chained) = commit_read(
+            client,
+            &statements,
+            &open,
+            batches,
+            reading,
+            None,
+            Some(committer),
+        )
+        .await;
+        answer(answers, results);
+        match chained {
+            Some(next) => {
+                current = (next.batches, next.answers);
+                reading = next.reading;
+            }
+            // The connection leaves the pool with the transaction it may still have open.
+            None if open.is_open() => return committer.next_group(),
+            None => {
+                let (batches, answers) = split(committer.next_group()?);
+                open.set_open(true);
+                reading = Reading::start(client, &statements, &batches).await;
+                current = (batches, answers);
+            }
+        }
+    }
+}
+
+/// Commits `batches` as one group on a connection of its own; the outer error fails all of
+/// them, the inner results are each append's own answer. With a `gate` (tests of the ordering
+/// guarantee) the group waits for it after writing and before committing.
 pub(super) async fn commit(
     pool: &Pool,
     batches: Vec<AppendBatch>,
     gate: Option<CommitGate>,
 ) -> StoreResult<Vec<StoreResult<Appended>>> {
-    let open = OpenTransaction {
-        client: Some(pool.get().await.map_err(map_pool_err)?),
-        open: std::cell::Cell::new(false),
-    };
-    let client = open.client()?;
-    // Every statement whose place on the wire matters is prepared (after a connection's first
-    // group, found in its cache) before the transaction begins, so that each is sent the moment
-    // it is first polled.
+    let open = OpenTransaction::new(pool.get().await.map_err(map_pool_err)?);
+    let client = open.client();
     let statements = Statements::prepare(client).await?;
+    open.set_open(true);
+    let reading = Reading::start(client, &statements, &batches).await;
+    let (results, _) = commit_read(client, &statements, &open, batches, reading, gate, None).await;
+    results
+}
 
-    open.open.set(true);
-    let (begun, locked, link_row, state, keys) = {
-        // The transaction's start, then the locking statement, each polled once on its own, are
-        // on the wire before any read below. The server runs one connection's statements in the
-        // order they arrive, so every read runs after the lock is granted, with a snapshot that
-        // holds the previous holder's commit, while all of them cost one round trip together.
-        let mut begin = std::pin::pin!(client.batch_execute("BEGIN"));
-        let begun_early = poll_once(begin.as_mut()).await;
-        // Every append queues here first; everything below reads data committed by the
-        // previous holder of the lock, and the positions taken are released only by this
-        // transaction's end.
-        let mut lock = std::pin::pin!(client.query_one(&statements.head, &[]));
-        let locked_early = poll_once(lock.as_mut()).await;
-        tokio::join!(
-            finish(begun_early, begin),
-            finish(locked_early, lock),
-            // The head event's hash, by a statement of its own, so that it reads with a
-            // snapshot taken after the lock was granted: a join in the locking statement would
-            // see the head event as of before the wait.
-            client.query_opt(&statements.link, &[]),
-            read_state(client, &batches),
-            crate::store::keys::postgres::GroupKeys::read(client, &batches)
-        )
-    };
+/// What a group's checks need, read under the lock.
+struct Read {
+    head: u64,
+    link: crate::store::ChainHash,
+    state: State,
+    keys: crate::store::keys::postgres::GroupKeys,
+}
+
+type ReadFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<Read>> + Send + 'a>>;
+
+/// A group's begin, lock and reads, on the wire, and their answer once it arrives.
+struct Reading<'a> {
+    early: Option<StoreResult<Read>>,
+    future: ReadFuture<'a>,
+}
+
+impl<'a> Reading<'a> {
+    /// Sends the begin, the lock and the reads of the group `batches` make up: every statement
+    /// is on the wire when this returns.
+    async fn start(
+        client: &'a Client,
+        statements: &'a Statements,
+        batches: &[AppendBatch],
+    ) -> Reading<'a> {
+        let mut future: ReadFuture<'a> = Box::pin(read(client, statements, Wanted::of(batches)));
+        let early = poll_once(future.as_mut()).await;
+        Reading { early, future }
+    }
+
+    async fn finish(mut self) -> StoreResult<Read> {
+        finish(self.early, self.future.as_mut()).await
+    }
+}
+
+/// A group taken off the queue while the previous one committed, its reads on the wire.
+struct Chained<'a> {
+    batches: Vec<AppendBatch>,
+    answers: Answers,
+    reading: Reading<'a>,
+}
+
+/// Begins a group's transaction, takes the lock and reads what its checks need.
+async fn read(client: &Client, statements: &Statements, wanted: Wanted) -> StoreResult<Read> {
+    // The transaction's start, then the locking statement, each polled once on its own, are on
+    // the wire before any read below. The server runs one connection's statements in the order
+    // they arrive, so every read runs after the lock is granted, with a snapshot that holds the
+    // previous holder's commit, while all of them cost one round trip together.
+    let mut begin = std::pin::pin!(client.batch_execute("BEGIN"));
+    let begun_early = poll_once(begin.as_mut()).await;
+    // Every append queues here first; everything below reads data committed by the previous
+    // holder of the lock, and the positions taken are released only by this transaction's end.
+    let mut lock = std::pin::pin!(client.query_one(&statements.head, &[]));
+    let locked_early = poll_once(lock.as_mut()).await;
+    let Wanted { state, subjects } = wanted;
+    let (begun, locked, link_row, state, keys) = tokio::join!(
+        finish(begun_early, begin),
+        finish(locked_early, lock),
+        // The head event's hash, by a statement of its own, so that it reads with a snapshot
+        // taken after the lock was granted: a join in the locking statement would see the head
+        // event as of before the wait.
+        client.query_opt(&statements.link, &[]),
+        read_state(client, statements, state),
+        crate::store::keys::postgres::GroupKeys::read(client, &statements.lookup_keys, subjects)
+    );
     begun.map_err(map_err)?;
     let head: i64 = locked.map_err(map_err)?.try_get(0).map_err(corrupt)?;
     let head = to_u64(head, "head position")?;
@@ -230,10 +356,153 @@ pub(super) async fn commit(
         .map_err(map_err)?
         .map(|row| row.try_get::<_, Option<String>>(0).map_err(corrupt))
         .transpose()?;
-    let mut link = crate::store::head_link(head, stored)?;
-    let (mut requests, mut versions, db_holders, stored_ids) = state?;
-    let mut keys = keys?;
+    Ok(Read {
+        head,
+        link: crate::store::head_link(head, stored)?,
+        state: state?,
+        keys: keys?,
+    })
+}
 
+/// What one group decided: each append's answer, and the rows of those accepted.
+struct Decided {
+    results: Vec<StoreResult<Appended>>,
+    head: u64,
+    position: u64,
+    rows: Rows,
+    request_rows: Vec<(String, String, String, serde_json::Value, i64)>,
+    db_holders: Holders,
+    holders: Holders,
+    keys: crate::store::keys::postgres::GroupKeys,
+}
+
+/// Decides the group on what it read, then writes and commits what it accepted; with a
+/// `committer`, the group queued meanwhile is begun right behind the commit and handed back.
+async fn commit_read<'a>(
+    client: &'a Client,
+    statements: &'a Statements,
+    open: &OpenTransaction,
+    batches: Vec<AppendBatch>,
+    reading: Reading<'a>,
+    gate: Option<CommitGate>,
+    committer: Option<&Committer>,
+) -> (StoreResult<Vec<StoreResult<Appended>>>, Option<Chained<'a>>) {
+    let decided = match reading.finish().await {
+        Ok(read) => decide_group(client, batches, read).await,
+        Err(e) => Err(e),
+    };
+    let decided = match decided {
+        Ok(decided) => decided,
+        Err(e) => return (Err(e), None),
+    };
+    if decided.position == decided.head {
+        // Nothing accepted: the transaction ends without writing, releasing the lock.
+        if let Err(e) = client.batch_execute("ROLLBACK").await {
+            return (Err(map_err(e)), None);
+        }
+        open.set_open(false);
+        return (Ok(decided.results), None);
+    }
+    let head_position = to_sql_int(decided.position);
+    let head_text = decided.position.to_string();
+    // The writes touch different rows and tables, and each sends its statements when first
+    // polled: all of them are on the wire after one poll, and cost one round trip together.
+    // If one fails, the transaction is aborted and the statements after it fail too; the
+    // events' insert, the likeliest to fail, is reported first.
+    // The notification is delivered to listeners when (and only if) the transaction commits.
+    let writes = async {
+        tokio::join!(
+            write_events(client, statements, &decided.rows),
+            write_requests(client, statements, &decided.request_rows),
+            async {
+                client
+                    .execute(&statements.advance, &[&head_position])
+                    .await
+                    .map_err(map_err)
+            },
+            write_reservations(client, statements, &decided.db_holders, &decided.holders),
+            decided
+                .keys
+                .write(client, &statements.erase_keys, &statements.store_keys),
+            async {
+                client
+                    .execute(&statements.notify, &[&super::APPENDED_CHANNEL, &head_text])
+                    .await
+                    .map_err(map_err)
+            },
+        )
+    };
+    let mut chained = None;
+    let (written, committed) = match gate {
+        Some(gate) => {
+            let written = writes.await;
+            if let Some(Ok(appended)) = decided.results.first() {
+                // The test side may have stopped listening; the append goes on regardless.
+                let _ = gate.taken.send(*appended);
+            }
+            let _ = gate.release.await;
+            (written, client.batch_execute("COMMIT").await)
+        }
+        None => {
+            let mut writes = std::pin::pin!(writes);
+            let written_early = poll_once(writes.as_mut()).await;
+            // Every write is on the wire: the commit goes right behind them, so the lock is
+            // held one round trip less. Should a write fail, the server answers the commit of
+            // the aborted transaction by rolling it back, and the write's error is reported.
+            let mut commit = std::pin::pin!(client.batch_execute("COMMIT"));
+            let committed_early = poll_once(commit.as_mut()).await;
+            // The next group's transaction begins after this one ends, however it ends, so its
+            // reads see this group's writes if and only if they were committed.
+            if let Some(group) = committer.and_then(Committer::queued_group) {
+                let (batches, answers) = split(group);
+                let reading = Reading::start(client, statements, &batches).await;
+                chained = Some(Chained {
+                    batches,
+                    answers,
+                    reading,
+                });
+            }
+            tokio::join!(
+                finish(written_early, writes),
+                finish(committed_early, commit)
+            )
+        }
+    };
+    let landed = (|| {
+        let (events, requests, advanced, reservations, keys, notified) = written;
+        events?;
+        requests?;
+        advanced?;
+        reservations?;
+        keys?;
+        notified?;
+        committed.map_err(map_err)
+    })();
+    match landed {
+        Ok(()) => {
+            if chained.is_none() {
+                open.set_open(false);
+            }
+            (Ok(decided.results), chained)
+        }
+        Err(e) => (Err(e), chained),
+    }
+}
+
+/// Checks each append of the group in queue order against what was read and the appends
+/// before it, and lays out the rows of those accepted.
+async fn decide_group(
+    client: &Client,
+    batches: Vec<AppendBatch>,
+    read: Read,
+) -> StoreResult<Decided> {
+    let Read {
+        head,
+        mut link,
+        state,
+        mut keys,
+    } = read;
+    let (mut requests, mut versions, db_holders, stored_ids) = state;
     let mut holders: Holders = db_holders.clone();
     let mut seen_ids: HashSet<Uuid> = HashSet::new();
     let mut rows = Rows::default();
@@ -340,71 +609,16 @@ pub(super) async fn commit(
         }));
     }
 
-    if position == head {
-        // Nothing accepted: the transaction ends without writing, releasing the lock.
-        client.batch_execute("ROLLBACK").await.map_err(map_err)?;
-        open.open.set(false);
-        return Ok(results);
-    }
-    let head_position = to_sql_int(position);
-    let head_text = position.to_string();
-    // The writes touch different rows and tables, and each sends its statements when first
-    // polled: all of them are on the wire after one poll, and cost one round trip together.
-    // If one fails, the transaction is aborted and the statements after it fail too; the
-    // events' insert, the likeliest to fail, is reported first.
-    // The notification is delivered to listeners when (and only if) the transaction commits.
-    let writes = async {
-        tokio::join!(
-            write_events(client, &statements, &rows),
-            write_requests(client, &statements, &request_rows),
-            async {
-                client
-                    .execute(&statements.advance, &[&head_position])
-                    .await
-                    .map_err(map_err)
-            },
-            write_reservations(client, &statements, &db_holders, &holders),
-            keys.write(client, &statements.erase_keys, &statements.store_keys),
-            async {
-                client
-                    .execute(&statements.notify, &[&super::APPENDED_CHANNEL, &head_text])
-                    .await
-                    .map_err(map_err)
-            },
-        )
-    };
-    let (written, committed) = match gate {
-        Some(gate) => {
-            let written = writes.await;
-            if let Some(Ok(appended)) = results.first() {
-                // The test side may have stopped listening; the append goes on regardless.
-                let _ = gate.taken.send(*appended);
-            }
-            let _ = gate.release.await;
-            (written, client.batch_execute("COMMIT").await)
-        }
-        None => {
-            let mut writes = std::pin::pin!(writes);
-            let written_early = poll_once(writes.as_mut()).await;
-            // Every write is on the wire: the commit goes right behind them, so the lock is
-            // held one round trip less. Should a write fail, the server answers the commit of
-            // the aborted transaction by rolling it back, and the write's error is reported.
-            tokio::join!(
-                finish(written_early, writes),
-                client.batch_execute("COMMIT")
-            )
-        }
-    };
-    let (events, requests_written, advanced, reservations, keys_written, notified) = written;
-    events?;
-    requests_written?;
-    advanced?;
-    reservations?;
-    keys_written?;
-    notified?;
-    committed.map_err(map_err)?;
-    open.open.set(false);
-    Ok(results)
+    Ok(Decided {
+        results,
+        head,
+        position,
+        rows,
+        request_rows,
+        db_holders,
+        holders,
+        keys,
+    })
 }
 
 /// The statements of a group whose place on the wire matters, prepared before it begins.
@@ -419,6 +633,11 @@ struct Statements {
     reserve: tokio_postgres::Statement,
     erase_keys: tokio_postgres::Statement,
     store_keys: tokio_postgres::Statement,
+    lookup_requests: tokio_postgres::Statement,
+    lookup_versions: tokio_postgres::Statement,
+    lookup_holders: tokio_postgres::Statement,
+    lookup_ids: tokio_postgres::Statement,
+    lookup_keys: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -465,6 +684,40 @@ impl Statements {
             .await?,
             erase_keys: prepare(crate::store::keys::postgres::ERASE_KEYS).await?,
             store_keys: prepare(crate::store::keys::postgres::STORE_KEYS).await?,
+            lookup_requests: prepare(
+                // One index probe per request id, whatever the plan: a join can become a scan
+                // of the whole table. The `LIMIT` keeps the planner from flattening the
+                // subquery.
+                "SELECT r.* FROM unnest($1::text[], $2::text[]) AS k(actor, request_id) \
+                 CROSS JOIN LATERAL (SELECT r.actor, r.request_id, r.request_hash, r.outcome, \
+                 r.position FROM requests r \
+                 WHERE r.actor = k.actor AND r.request_id = k.request_id LIMIT 1) r",
+            )
+            .await?,
+            lookup_versions: prepare(
+                // One index probe per stream for its last version: `= ANY` with `GROUP BY` gets
+                // a generic plan that reads whole streams, or the whole table.
+                "SELECT s.stream_id, \
+                 (SELECT MAX(e.version) FROM events e WHERE e.stream_id = s.stream_id) \
+                 FROM unnest($1::text[]) AS s(stream_id)",
+            )
+            .await?,
+            lookup_holders: prepare(
+                "SELECT r.* FROM unnest($1::text[], $2::text[]) AS k(scope, key) \
+                 CROSS JOIN LATERAL (SELECT r.scope, r.key, r.stream_id FROM reservations r \
+                 WHERE r.scope = k.scope AND r.key = k.key LIMIT 1) r",
+            )
+            .await?,
+            lookup_ids: prepare(
+                // One index probe per id, whatever the plan: with many ids `= ANY` can become a
+                // scan of the whole table, and so can `EXISTS`, which the planner turns into a
+                // join (with young statistics, a hash join over the whole log).
+                "SELECT e.event_id FROM unnest($1::uuid[]) AS k(id) \
+                 CROSS JOIN LATERAL (SELECT e.event_id FROM events e \
+                 WHERE e.event_id = k.id LIMIT 1) e",
+            )
+            .await?,
+            lookup_keys: prepare(crate::store::keys::postgres::LOOKUP_KEYS).await?,
         })
     }
 }
@@ -475,20 +728,37 @@ impl Statements {
 /// back.
 struct OpenTransaction {
     client: Option<Client>,
-    open: std::cell::Cell<bool>,
+    open: std::sync::atomic::AtomicBool,
 }
 
 impl OpenTransaction {
-    fn client(&self) -> StoreResult<&Client> {
-        self.client
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend("the group's connection is gone".into()))
+    fn new(client: Client) -> Self {
+        Self {
+            client: Some(client),
+            open: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_open(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn client(&self) -> &Client {
+        match &self.client {
+            Some(client) => client,
+            // Taken only by `drop`.
+            None => unreachable!("the group's connection is gone"),
+        }
     }
 }
 
 impl Drop for OpenTransaction {
     fn drop(&mut self) {
-        if self.open.get() {
+        if self.is_open() {
             if let Some(client) = self.client.take() {
                 drop(deadpool_postgres::Object::take(client));
             }
@@ -498,7 +768,9 @@ impl Drop for OpenTransaction {
 
 /// Polls `future` once, so that the statement it sends is on the wire before anything polled
 /// after it; its output, if that one poll finished it.
-async fn poll_once<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+async fn poll_once<F: std::future::Future + ?Sized>(
+    mut future: std::pin::Pin<&mut F>,
+) -> Option<F::Output> {
     std::future::poll_fn(|cx| {
         std::task::Poll::Ready(match future.as_mut().poll(cx) {
             std::task::Poll::Ready(output) => Some(output),
@@ -509,7 +781,7 @@ async fn poll_once<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) ->
 }
 
 /// The output of a future [`poll_once`] polled: the one it gave, or the rest of the wait.
-async fn finish<F: std::future::Future>(
+async fn finish<F: std::future::Future + ?Sized>(
     early: Option<F::Output>,
     future: std::pin::Pin<&mut F>,
 ) -> F::Output {
@@ -544,89 +816,93 @@ type State = (
     HashSet<Uuid>,
 );
 
+/// The keys a group's checks look up, taken from its appends before it begins, so that the
+/// reads can go out while the previous group is still finishing.
+struct Wanted {
+    state: WantedState,
+    subjects: Vec<String>,
+}
+
+struct WantedState {
+    actors: Vec<String>,
+    request_ids: Vec<String>,
+    streams: Vec<String>,
+    scopes: Vec<String>,
+    keys: Vec<String>,
+    event_ids: Vec<Uuid>,
+}
+
+impl Wanted {
+    fn of(batches: &[AppendBatch]) -> Wanted {
+        let (actors, request_ids) = batches
+            .iter()
+            .filter_map(|b| b.request.as_ref())
+            .map(|r| (r.actor.clone(), r.request_id.clone()))
+            .unzip();
+        let mut streams: Vec<String> = batches.iter().map(|b| b.stream_id.clone()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let (scopes, keys) = batches
+            .iter()
+            .flat_map(|b| b.reservations.iter().chain(&b.releases))
+            .map(|r| (r.scope.clone(), r.key.clone()))
+            .unzip();
+        let event_ids = batches
+            .iter()
+            .flat_map(|b| b.events.iter().map(|e| e.event_id))
+            .collect();
+        Wanted {
+            state: WantedState {
+                actors,
+                request_ids,
+                streams,
+                scopes,
+                keys,
+                event_ids,
+            },
+            subjects: crate::store::keys::postgres::GroupKeys::subjects(batches),
+        }
+    }
+}
+
 /// Reads what the group's checks need, under the lock: the stored outcomes of its request ids,
 /// its streams' versions, the holders of the keys it claims or releases, and which of its event
 /// ids are already stored.
-async fn read_state(tx: &Client, batches: &[AppendBatch]) -> StoreResult<State> {
-    let (actors, request_ids): (Vec<&str>, Vec<&str>) = batches
-        .iter()
-        .filter_map(|b| b.request.as_ref())
-        .map(|r| (r.actor.as_str(), r.request_id.as_str()))
-        .unzip();
-    let mut streams: Vec<&str> = batches.iter().map(|b| b.stream_id.as_str()).collect();
-    streams.sort_unstable();
-    streams.dedup();
-    let (scopes, keys): (Vec<&str>, Vec<&str>) = batches
-        .iter()
-        .flat_map(|b| b.reservations.iter().chain(&b.releases))
-        .map(|r| (r.scope.as_str(), r.key.as_str()))
-        .unzip();
-    let event_ids: Vec<Uuid> = batches
-        .iter()
-        .flat_map(|b| b.events.iter().map(|e| e.event_id))
-        .collect();
-
-    let requests_stmt = tx
-        .prepare_cached(
-            // One index probe per request id, whatever the plan: a join can become a scan of
-            // the whole table. The `LIMIT` keeps the planner from flattening the subquery.
-            "SELECT r.* FROM unnest($1::text[], $2::text[]) AS k(actor, request_id) \
-             CROSS JOIN LATERAL (SELECT r.actor, r.request_id, r.request_hash, r.outcome, \
-             r.position FROM requests r \
-             WHERE r.actor = k.actor AND r.request_id = k.request_id LIMIT 1) r",
-        )
-        .await
-        .map_err(map_err)?;
-    let versions_stmt = tx
-        // One index probe per stream for its last version: `= ANY` with `GROUP BY` gets a
-        // generic plan that reads whole streams, or the whole table.
-        .prepare_cached(
-            "SELECT s.stream_id, \
-             (SELECT MAX(e.version) FROM events e WHERE e.stream_id = s.stream_id) \
-             FROM unnest($1::text[]) AS s(stream_id)",
-        )
-        .await
-        .map_err(map_err)?;
-    let holders_stmt = tx
-        .prepare_cached(
-            "SELECT r.* FROM unnest($1::text[], $2::text[]) AS k(scope, key) \
-             CROSS JOIN LATERAL (SELECT r.scope, r.key, r.stream_id FROM reservations r \
-             WHERE r.scope = k.scope AND r.key = k.key LIMIT 1) r",
-        )
-        .await
-        .map_err(map_err)?;
-    let ids_stmt = tx
-        // One index probe per id, whatever the plan: with many ids `= ANY` can become a scan of
-        // the whole table, and so can `EXISTS`, which the planner turns into a join (with young
-        // statistics, a hash join over the whole log).
-        .prepare_cached(
-            "SELECT e.event_id FROM unnest($1::uuid[]) AS k(id) \
-             CROSS JOIN LATERAL (SELECT e.event_id FROM events e WHERE e.event_id = k.id LIMIT 1) e",
-        )
-        .await
-        .map_err(map_err)?;
-
+async fn read_state(
+    tx: &Client,
+    statements: &Statements,
+    wanted: WantedState,
+) -> StoreResult<State> {
+    let WantedState {
+        actors,
+        request_ids,
+        streams,
+        scopes,
+        keys,
+        event_ids,
+    } = wanted;
     // The four reads are independent: sent together (and with the lock and the other reads of
     // the group), they cost one round trip.
-    let (request_rows, version_rows, holder_rows, id_rows) = futures_join(
+    let (request_rows, version_rows, holder_rows, id_rows) = tokio::join!(
         async {
             if actors.is_empty() {
                 Ok(Vec::new())
             } else {
-                tx.query(&requests_stmt, &[&actors, &request_ids]).await
+                tx.query(&statements.lookup_requests, &[&actors, &request_ids])
+                    .await
             }
         },
-        tx.query(&versions_stmt, &[&streams]),
+        async { tx.query(&statements.lookup_versions, &[&streams]).await },
         async {
             if scopes.is_empty() {
                 Ok(Vec::new())
             } else {
-                tx.query(&holders_stmt, &[&scopes, &keys]).await
+                tx.query(&statements.lookup_holders, &[&scopes, &keys])
+                    .await
             }
         },
-        tx.query(&ids_stmt, &[&event_ids]),
-    )
-    .await;
+        async { tx.query(&statements.lookup_ids, &[&event_ids]).await },
+    );
 
     let mut requests = HashMap::new();
     for row in request_rows.map_err(map_err)? {
@@ -668,23 +944,6 @@ async fn read_state(tx: &Client, batches: &[AppendBatch]) -> StoreResult<State> 
         ids.insert(row.try_get(0).map_err(corrupt)?);
     }
     Ok((requests, versions, holders, ids))
-}
-
-/// Polls four futures together on this task, so that their queries are pipelined on one
-/// connection.
-async fn futures_join<A, B, C, D>(
-    a: A,
-    b: B,
-    c: C,
-    d: D,
-) -> (A::Output, B::Output, C::Output, D::Output)
-where
-    A: std::future::Future,
-    B: std::future::Future,
-    C: std::future::Future,
-    D: std::future::Future,
-{
-    tokio::join!(a, b, c, d)
 }
 
 /// Checks one append against the log as the group's earlier appends leave it, in the order a
