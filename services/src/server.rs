@@ -343,7 +343,7 @@ where
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("cannot read the listening address: {e}")))?;
-    let incoming = TcpIncoming::from(listener);
+    let incoming = incoming(listener);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     for service in SERVICE_NAMES {
@@ -451,4 +451,33 @@ where
         shutdown: Some(shutdown_tx),
         handle,
     })
+}
+
+/// The connections `listener` accepts, each with `TCP_NODELAY` set.
+///
+/// Built from a listener, tonic's incoming stream sets no socket options of its own. Without
+/// `TCP_NODELAY` the last frames of an answer can wait for the client's delayed acknowledgement
+/// (about 40 ms on Linux): under 64 concurrent callers about one call in a thousand took 45 ms
+/// instead of under 10.
+fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_without_waiting_for_acknowledgements() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = incoming(listener);
+
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+
+        assert!(accepted.nodelay().unwrap());
+    }
 }
