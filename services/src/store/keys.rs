@@ -453,12 +453,10 @@ CREATE TABLE data_keys (
 );
 "#;
 
+    /// The store's own classification: a connection closed or terminated by the server is
+    /// [`StoreError::Unavailable`], so that the caller may retry.
     fn backend(err: tokio_postgres::Error) -> StoreError {
-        if err.is_closed() {
-            StoreError::Unavailable(Box::new(err))
-        } else {
-            StoreError::Backend(Box::new(err))
-        }
+        crate::store::postgres::map_err(err)
     }
 
     /// The data keys of a group of appends, as they stand after the appends sealed so far.

@@ -432,7 +432,7 @@ fn map_pool_err(err: PoolError) -> StoreError {
 /// connect timeout: tokio-postgres reports all of them with an `io::Error` source) or a server
 /// that is shutting down or refusing connections is [`StoreError::Unavailable`]; anything else
 /// is a backend failure.
-fn map_err(err: tokio_postgres::Error) -> StoreError {
+pub(crate) fn map_err(err: tokio_postgres::Error) -> StoreError {
     if err.is_closed() || is_io_error(&err) {
         return StoreError::Unavailable(Box::new(Described(err)));
     }
