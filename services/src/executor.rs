@@ -34,6 +34,7 @@ impl From<crate::domain::UniqueKey> for Reservation {
 }
 
 /// How many times a command is decided again after losing an optimistic race.
+// LIMITATION: a member writing to an account without pause through another replica can make every attempt of the owner's command (a revocation too) lose its race, so the owner gets ABORTED and must retry; nothing decides a command under the lock itself.
 const MAX_ATTEMPTS: u32 = 8;
 
 /// An aggregate as loaded from its stream.

@@ -15,8 +15,9 @@ pub(crate) fn uuid(field: &str, raw: &str) -> Result<Uuid> {
         return Err(Error::invalid(field, "is required"));
     }
     match Uuid::parse_str(raw) {
-        Ok(id) if !id.is_nil() => Ok(id),
-        _ => Err(Error::invalid(field, "must be a UUID")),
+        Ok(id) if id.is_nil() => Err(Error::invalid(field, "must not be the nil UUID")),
+        Ok(id) => Ok(id),
+        Err(_) => Err(Error::invalid(field, "must be a UUID")),
     }
 }
 
@@ -194,6 +195,27 @@ pub(crate) fn page<T>(items: Vec<T>, page_size: u32, page_token: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refusal(raw: &str) -> String {
+        match uuid("account_id", raw) {
+            Err(Error::InvalidArgument { field, message }) => format!("{field} {message}"),
+            other => panic!("expected a refusal of {raw:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_that_are_missing_malformed_or_nil_are_refused_each_with_its_reason() {
+        assert_eq!(refusal(""), "account_id is required");
+        assert_eq!(refusal("acct-1"), "account_id must be a UUID");
+        assert_eq!(
+            refusal("00000000-0000-0000-0000-000000000000"),
+            "account_id must not be the nil UUID"
+        );
+        assert_eq!(
+            uuid("account_id", "6a1e9f0c-7d2b-4e3a-8c4d-1b2a3c4d5e6f").unwrap(),
+            Uuid::parse_str("6a1e9f0c-7d2b-4e3a-8c4d-1b2a3c4d5e6f").unwrap()
+        );
+    }
 
     #[test]
     fn permissions_map_to_their_proto_numbers_and_back() {
