@@ -566,6 +566,11 @@ async fn every_envelope_field_round_trips_exactly<S: EventStore>(store: &S) {
         store.read_stream("account-0b6f", 0).await.unwrap(),
         expected
     );
+    // A read after a version the caller holds takes another path on some backends.
+    assert_eq!(
+        store.read_stream("account-0b6f", 1).await.unwrap(),
+        expected[1..]
+    );
 }
 
 async fn every_event_links_to_the_one_before_and_the_log_verifies_to_its_head<S: EventStore>(

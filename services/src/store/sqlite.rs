@@ -11,7 +11,7 @@
 //! event's stored hash.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use chrono::{DateTime, Utc};
 use onbehalf_events::{Metadata, StoredEvent};
@@ -78,8 +78,9 @@ const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_type, version
 
 /// An event store in an SQLite database file.
 ///
-/// Cloning is cheap and shares the connections. All calls run on tokio's blocking pool, so they
-/// never stall the async workers.
+/// Cloning is cheap and shares the connections. Calls run on tokio's blocking pool, so they
+/// never stall the async workers, except a read of a stream's latest events when the reader is
+/// free, which is short and made by its caller.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -154,6 +155,12 @@ impl SqliteStore {
         self.with_reader(current_schema_version).await
     }
 
+    /// Whether no stream read waits or is being answered by a blocking task.
+    fn reader_is_idle(&self) -> bool {
+        let tails = lock(&self.inner.tails);
+        !tails.running && tails.pending.is_empty()
+    }
+
     async fn with_reader<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -219,22 +226,29 @@ fn answer_tails(inner: &Inner) {
         };
         let conn = lock(&inner.reader);
         for read in batch {
-            let events = query_events(
-                &conn,
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND version > ?2 \
-                     ORDER BY version"
-                ),
-                params![read.stream_id, to_sql_int(read.after_version)],
-            )
-            .and_then(|mut events| {
-                super::keys::sqlite::open(&conn, &mut events)?;
-                Ok(events)
-            });
+            let events = read_tail(&conn, &read.stream_id, read.after_version);
             // A caller that stopped waiting has no one to tell.
             let _ = read.answer.send(events);
         }
     }
+}
+
+/// The events of `stream_id` after `after_version`, personal fields opened.
+fn read_tail(
+    conn: &Connection,
+    stream_id: &str,
+    after_version: u64,
+) -> StoreResult<Vec<StoredEvent>> {
+    let mut events = query_events(
+        conn,
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND version > ?2 \
+             ORDER BY version"
+        ),
+        params![stream_id, to_sql_int(after_version)],
+    )?;
+    super::keys::sqlite::open(conn, &mut events)?;
+    Ok(events)
 }
 
 fn connect(path: &Path) -> StoreResult<Connection> {
@@ -627,6 +641,22 @@ impl EventReader for SqliteStore {
         stream_id: &str,
         after_version: u64,
     ) -> StoreResult<Vec<StoredEvent>> {
+        // A read after a state this process has folded usually finds nothing, or the few
+        // events its own appends just wrote: when no read waits and the reader is free, the
+        // caller makes it at once, since handing it to a blocking thread and back costs more
+        // than the read. A read from the stream's start may be long and always goes to the
+        // blocking pool.
+        if after_version > 0 && self.reader_is_idle() {
+            let conn = match self.inner.reader.try_lock() {
+                Ok(conn) => Some(conn),
+                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(conn) = conn {
+                return read_tail(&conn, stream_id, after_version);
+            }
+        }
+
         // One blocking task answers every read queued while it runs, under one hold of the
         // reader, instead of a task and a lock per read.
         let (answer, answered) = tokio::sync::oneshot::channel();
