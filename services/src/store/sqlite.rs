@@ -646,6 +646,7 @@ impl EventReader for SqliteStore {
         // caller makes it at once, since handing it to a blocking thread and back costs more
         // than the read. A read from the stream's start may be long and always goes to the
         // blocking pool.
+        // LIMITATION: a read that meets SQLITE_BUSY (a WAL file being recovered by another process) waits out the busy timeout on an async worker.
         if after_version > 0 && self.reader_is_idle() {
             let conn = match self.inner.reader.try_lock() {
                 Ok(conn) => Some(conn),
