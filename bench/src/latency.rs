@@ -116,6 +116,9 @@ pub struct CheckRow {
     pub noop: Quantiles,
     /// `CheckPermission`.
     pub check: Quantiles,
+    /// The stream read a check makes, alone, straight through tokio-postgres on the server's
+    /// database (PostgreSQL only).
+    pub read: Option<Quantiles>,
 }
 
 /// One row of the read-your-writes table.
@@ -189,9 +192,13 @@ pub async fn permission_checks(
         // A ticket desk asking about agency users, as internal systems do.
         let token = Arc::new(served.token("service:tickets", Some("access:check"))?);
         let channels = Arc::new(served.channels(8).await?);
+        let reads = match served.database_url() {
+            Some(url) => Some(crate::throughput::floor_pool(url)?),
+            None => None,
+        };
         let mut rows = Vec::new();
         for &n in callers {
-            let (mut noop, mut check) = (Vec::new(), Vec::new());
+            let (mut noop, mut check, mut read) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..plan.warmup + plan.rounds {
                 let (t, c) = (token.clone(), channels.clone());
                 let pinged = hammer(n, plan.seconds, move |caller, _| {
@@ -225,9 +232,14 @@ pub async fn permission_checks(
                     }
                 })
                 .await?;
+                let read_alone = match &reads {
+                    Some(pool) => read_streams(pool.clone(), n, plan.seconds, accounts).await?,
+                    None => Vec::new(),
+                };
                 if round >= plan.warmup {
                     noop.extend(pinged);
                     check.extend(checked);
+                    read.extend(read_alone);
                 }
             }
             let row = CheckRow {
@@ -235,10 +247,11 @@ pub async fn permission_checks(
                 callers: n,
                 noop: quantiles(noop),
                 check: quantiles(check),
+                read: reads.as_ref().map(|_| quantiles(read)),
             };
             println!(
-                "  {} callers={n}: no-op {:?}, check {:?}",
-                row.store, row.noop, row.check
+                "  {} callers={n}: no-op {:?}, check {:?}, read alone {:?}",
+                row.store, row.noop, row.check, row.read
             );
             rows.push(row);
         }
@@ -247,6 +260,42 @@ pub async fn permission_checks(
     .await;
     served.stop().await?;
     result
+}
+
+/// What a check's load of an account it has folded sends to PostgreSQL: a read of the events
+/// after the version it holds, which finds none, from `callers` tasks on their own connections.
+async fn read_streams(
+    pool: deadpool_postgres::Pool,
+    callers: usize,
+    seconds: f64,
+    accounts: usize,
+) -> Result<Vec<Duration>, BenchError> {
+    hammer(callers, seconds, move |caller, i| {
+        let pool = pool.clone();
+        let stream =
+            onbehalf_events::account_stream(mix_account_id((caller * 7919 + i) % accounts));
+        async move {
+            let failed = |e: &dyn std::fmt::Display| BenchError::Setup(format!("stream read: {e}"));
+            let client = pool.get().await.map_err(|e| failed(&e))?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT * FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version",
+                )
+                .await
+                .map_err(|e| failed(&e))?;
+            let rows = client
+                .query(&statement, &[&stream, &1_000_000_i64])
+                .await
+                .map_err(|e| failed(&e))?;
+            if !rows.is_empty() {
+                return Err(failed(&format!(
+                    "{stream} has events past version 1,000,000"
+                )));
+            }
+            Ok(())
+        }
+    })
+    .await
 }
 
 fn backend_name(backend: Backend) -> &'static str {

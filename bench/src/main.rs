@@ -239,8 +239,8 @@ async fn latency_tables(args: &LatencyArgs) -> Result<(), BenchError> {
         latency::read_across_replicas(&args.database_url, &args.nats_url, setup, plan).await?,
     );
     println!();
-    println!("| server store | callers | no-op p50 / p99 / p99.9 ms | CheckPermission p50 / p99 / p99.9 ms | p99 ÷ no-op p99 | calls |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| server store | callers | no-op p50 / p99 / p99.9 ms | CheckPermission p50 / p99 / p99.9 ms | p99 ÷ no-op p99 | calls | its stream read alone p50 / p99 / p99.9 ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     let ms = |q: &latency::Quantiles| {
         format!(
             "{:.2} / {:.2} / {:.2}",
@@ -251,7 +251,7 @@ async fn latency_tables(args: &LatencyArgs) -> Result<(), BenchError> {
     };
     for r in &checks {
         println!(
-            "| {} | {} | {} | {} | {:.2} | {} / {} |",
+            "| {} | {} | {} | {} | {:.2} | {} / {} | {} |",
             r.store,
             r.callers,
             ms(&r.noop),
@@ -259,6 +259,7 @@ async fn latency_tables(args: &LatencyArgs) -> Result<(), BenchError> {
             r.check.p99_us / r.noop.p99_us.max(f64::MIN_POSITIVE),
             thousands(r.noop.calls as f64),
             thousands(r.check.calls as f64),
+            r.read.as_ref().map_or_else(String::new, |q| ms(q)),
         );
     }
     println!();

@@ -666,7 +666,7 @@ pub async fn run(args: &ThroughputArgs) -> Result<Vec<Row>, BenchError> {
     Ok(rows)
 }
 
-fn floor_pool(url: &str) -> Result<deadpool_postgres::Pool, BenchError> {
+pub(crate) fn floor_pool(url: &str) -> Result<deadpool_postgres::Pool, BenchError> {
     let config: tokio_postgres::Config = url.parse()?;
     let manager = deadpool_postgres::Manager::from_config(
         config,
