@@ -130,10 +130,27 @@ impl From<&str> for Audience {
     }
 }
 
+/// How many accepted tokens a verifier remembers; it forgets them all when full.
+const ACCEPTED_TOKENS: usize = 4096;
+
 /// Verifies bearer tokens against several public keys at once, chosen by `kid`.
+///
+/// A token it has accepted is accepted again, until it expires, without checking its signature
+/// again: an Ed25519 verification costs more than the rest of a small call, and callers send
+/// the same token with every call. The remembered tokens are this verifier's own; reloading the
+/// keys builds a new verifier, so a token signed by a retired key is refused at once.
 pub struct Verifier {
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
+    accepted: std::sync::Mutex<HashMap<String, Accepted>>,
+}
+
+/// A token accepted once, and the times between which it stays valid (seconds since the epoch,
+/// leeway included).
+struct Accepted {
+    caller: Caller,
+    from: i64,
+    until: i64,
 }
 
 impl fmt::Debug for Verifier {
@@ -166,6 +183,7 @@ impl Verifier {
         Ok(Self {
             keys: decoding,
             validation,
+            accepted: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -204,6 +222,42 @@ impl Verifier {
 
     /// Verifies `token` and names its caller, or says why it is refused.
     pub fn verify(&self, token: &str) -> Result<Caller> {
+        let now = now_seconds();
+        if let Some(caller) = self.accepted_at(token, now) {
+            return Ok(caller);
+        }
+        let (caller, from, until) = self.verify_signed(token)?;
+        let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        if accepted.len() >= ACCEPTED_TOKENS {
+            accepted.clear();
+        }
+        accepted.insert(
+            token.to_owned(),
+            Accepted {
+                caller: caller.clone(),
+                from,
+                until,
+            },
+        );
+        Ok(caller)
+    }
+
+    /// The caller of `token` if this verifier accepted it before and it is still valid at
+    /// `now`; a remembered token no longer valid is forgotten, so that verifying it again says
+    /// why it is refused.
+    fn accepted_at(&self, token: &str, now: i64) -> Option<Caller> {
+        let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = accepted.get(token)?;
+        if entry.from <= now && now <= entry.until {
+            return Some(entry.caller.clone());
+        }
+        accepted.remove(token);
+        None
+    }
+
+    /// Checks `token`'s signature and claims; its caller and the times between which it stays
+    /// valid.
+    fn verify_signed(&self, token: &str) -> Result<(Caller, i64, i64)> {
         let unauthenticated =
             |why: &str| Error::Unauthenticated(format!("bearer token refused: {why}"));
         let header =
@@ -234,7 +288,8 @@ impl Verifier {
                 }
             })?;
         let ClaimsWithRoles { claims, roles } = data.claims;
-        if claims.iat > chrono::Utc::now().timestamp() + LEEWAY_SECONDS as i64 {
+        let leeway = LEEWAY_SECONDS as i64;
+        if claims.iat > now_seconds() + leeway {
             return Err(unauthenticated("issued in the future"));
         }
         let actor = parse_subject(&claims.sub).ok_or_else(|| unauthenticated("malformed `sub`"))?;
@@ -251,8 +306,19 @@ impl Verifier {
                 .collect(),
             _ => BTreeSet::new(),
         };
-        Ok(Caller { actor, scopes })
+        // The same bounds as the checks above and jsonwebtoken's on `exp` and `nbf`.
+        let from = claims
+            .iat
+            .max(claims.nbf.unwrap_or(i64::MIN))
+            .saturating_sub(leeway);
+        let until = claims.exp.saturating_add(leeway);
+        Ok((Caller { actor, scopes }, from, until))
     }
+}
+
+/// Seconds since the epoch, as token claims count them.
+fn now_seconds() -> i64 {
+    chrono::Utc::now().timestamp()
 }
 
 fn parse_subject(sub: &str) -> Option<Actor> {
@@ -591,6 +657,103 @@ mod tests {
             verifier.verify(&token).unwrap_err(),
             Error::Unauthenticated("bearer token refused: issued in the future".into())
         );
+    }
+
+    #[test]
+    fn an_accepted_token_is_remembered_until_it_expires_then_refused_as_expired() {
+        let (_dir, signer, verifier) = dev_key();
+        let now = Utc::now().timestamp();
+        let mut two_minutes = claims("onbehalf".into(), 0);
+        two_minutes.exp = now + 120;
+        let token = signer.sign_claims(&two_minutes).unwrap();
+        let billing = Caller {
+            actor: Actor::Service("billing".into()),
+            scopes: BTreeSet::from(["billing:write".to_owned()]),
+        };
+
+        assert_eq!(verifier.verify(&token).unwrap(), billing);
+        assert_eq!(verifier.accepted_at(&token, now), Some(billing.clone()));
+        assert_eq!(verifier.verify(&token).unwrap(), billing);
+        // Valid up to the leeway past `exp`, and not remembered a second later.
+        let last = now + 120 + LEEWAY_SECONDS as i64;
+        assert_eq!(verifier.accepted_at(&token, last), Some(billing));
+        assert_eq!(verifier.accepted_at(&token, last + 1), None);
+        assert_eq!(verifier.accepted.lock().unwrap().len(), 0);
+
+        // Once it has expired for the signature check too, verifying it again says so.
+        let mut expired = claims("onbehalf".into(), -7200);
+        expired.exp = now - 3600;
+        let token = signer.sign_claims(&expired).unwrap();
+        assert_eq!(
+            verifier.verify(&token).unwrap_err(),
+            Error::Unauthenticated("bearer token refused: expired".into())
+        );
+        assert_eq!(verifier.accepted_at(&token, now), None);
+    }
+
+    #[test]
+    fn a_remembered_token_altered_by_one_character_is_checked_and_refused() {
+        let (_dir, signer, verifier) = dev_key();
+        let token = signer.sign_claims(&claims("onbehalf".into(), 0)).unwrap();
+        verifier.verify(&token).unwrap();
+
+        // The signature's first character: every base64 character there is a whole sextet.
+        let at = token.rfind('.').unwrap() + 1;
+        let swapped = if token[at..].starts_with('A') {
+            "B"
+        } else {
+            "A"
+        };
+        let altered = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
+        assert_eq!(
+            verifier.verify(&altered).unwrap_err(),
+            Error::Unauthenticated("bearer token refused: bad signature".into())
+        );
+        assert_eq!(verifier.accepted.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_verifier_built_without_a_key_refuses_tokens_another_accepted_with_it() {
+        let (dir, signer, verifier) = dev_key();
+        let token = signer.sign_claims(&claims("onbehalf".into(), 0)).unwrap();
+        verifier.verify(&token).unwrap();
+
+        let keys = Verifier::load_dir(&keys_dir(dir.path())).unwrap();
+        let retired: Vec<(String, Vec<u8>)> = keys
+            .into_iter()
+            .map(|(kid, pem)| (format!("{kid}-next"), pem))
+            .collect();
+        let reloaded = Verifier::new(DEFAULT_ISSUER, DEFAULT_ISSUER, &retired).unwrap();
+        assert_eq!(
+            reloaded.verify(&token).unwrap_err(),
+            Error::Unauthenticated("bearer token refused: unknown `kid`".into())
+        );
+    }
+
+    #[test]
+    fn a_full_memory_of_tokens_starts_over() {
+        let (_dir, signer, verifier) = dev_key();
+        let token = signer.sign_claims(&claims("onbehalf".into(), 0)).unwrap();
+        let caller = verifier.verify(&token).unwrap();
+        {
+            let mut accepted = verifier.accepted.lock().unwrap();
+            for i in 1..ACCEPTED_TOKENS {
+                accepted.insert(
+                    format!("token-{i}"),
+                    Accepted {
+                        caller: caller.clone(),
+                        from: 0,
+                        until: i64::MAX,
+                    },
+                );
+            }
+            assert_eq!(accepted.len(), ACCEPTED_TOKENS);
+        }
+        let other = signer.sign_claims(&claims("onbehalf".into(), -1)).unwrap();
+        verifier.verify(&other).unwrap();
+        let accepted = verifier.accepted.lock().unwrap();
+        assert_eq!(accepted.len(), 1);
+        assert!(accepted.contains_key(&other));
     }
 
     #[test]
