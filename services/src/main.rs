@@ -160,7 +160,8 @@ struct TokenArgs {
     /// A private key file `<kid>.key.pem` to sign with instead.
     #[arg(long, env = "ONBEHALF_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
-    /// How long the token is valid: seconds, or a number with `s`, `m`, `h` or `d`.
+    /// How long the token is valid, from 1 second to 366 days: seconds, or a number with `s`,
+    /// `m`, `h` or `d`.
     #[arg(long, default_value = "1h", value_parser = parse_ttl, env = "ONBEHALF_TOKEN_TTL")]
     ttl: chrono::Duration,
     /// Issuer (`iss`).
