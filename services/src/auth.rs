@@ -137,8 +137,8 @@ const ACCEPTED_TOKENS: usize = 4096;
 ///
 /// A token it has accepted is accepted again, until it expires, without checking its signature
 /// again: an Ed25519 verification costs more than the rest of a small call, and callers send
-/// the same token with every call. The remembered tokens are this verifier's own; reloading the
-/// keys builds a new verifier, so a token signed by a retired key is refused at once.
+/// the same token with every call. The remembered tokens are this verifier's own; a change of
+/// the keys builds a new verifier, so a token signed by a retired key is refused at once.
 pub struct Verifier {
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
@@ -167,12 +167,7 @@ impl Verifier {
     pub fn new(issuer: &str, audience: &str, keys: &[(String, Vec<u8>)]) -> Result<Self> {
         let mut decoding = HashMap::new();
         for (kid, pem) in keys {
-            let key = DecodingKey::from_ed_pem(pem).map_err(|e| {
-                Error::Internal(format!(
-                    "verification key `{kid}` is not an Ed25519 public key: {e}"
-                ))
-            })?;
-            decoding.insert(kid.clone(), key);
+            decoding.insert(kid.clone(), decoding_key(kid, pem)?);
         }
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
@@ -185,6 +180,12 @@ impl Verifier {
             validation,
             accepted: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether `pem` is a PEM-encoded Ed25519 public key, as [`Verifier::new`] requires of every
+    /// key.
+    pub fn check_key(kid: &str, pem: &[u8]) -> Result<()> {
+        decoding_key(kid, pem).map(|_| ())
     }
 
     /// Loads every `*.pub.pem` file of `dir` as a key whose `kid` is the file name before
@@ -314,6 +315,14 @@ impl Verifier {
         let until = claims.exp.saturating_add(leeway);
         Ok((Caller { actor, scopes }, from, until))
     }
+}
+
+fn decoding_key(kid: &str, pem: &[u8]) -> Result<DecodingKey> {
+    DecodingKey::from_ed_pem(pem).map_err(|e| {
+        Error::Internal(format!(
+            "verification key `{kid}` is not an Ed25519 public key: {e}"
+        ))
+    })
 }
 
 /// Seconds since the epoch, as token claims count them.

@@ -179,53 +179,99 @@ pub const SERVICE_NAMES: &[&str] = &[
 ];
 
 /// Builds the verifier from the data directory's `keys/*.pub.pem` and the extra key files.
-fn load_verifier(config: &ServerConfig) -> Result<Verifier> {
-    let mut keys = Verifier::load_dir(&auth::keys_dir(&config.data_dir))?;
-    for path in &config.verification_keys {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let kid = name
-            .strip_suffix(".pub.pem")
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                Error::Internal(format!("{} must be named `<kid>.pub.pem`", path.display()))
-            })?;
-        let pem = std::fs::read(path)
-            .map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
-        keys.push((kid.to_owned(), pem));
+/// The verification keys the configuration names, `kid` → PEM: every `*.pub.pem` of the key
+/// directory and every `--verification-key` file, in order; and, apart, why each file that
+/// cannot be read or holds no Ed25519 public key was left out.
+fn verification_keys(config: &ServerConfig) -> Result<(Vec<(String, Vec<u8>)>, Vec<String>)> {
+    let dir = auth::keys_dir(&config.data_dir);
+    let mut files = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry
+                    .map_err(|e| Error::Internal(format!("cannot read {}: {e}", dir.display())))?;
+                let path = entry.path();
+                if let Some(kid) = kid_of(&path) {
+                    files.push((kid, path));
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::Internal(format!(
+                "cannot read {}: {e}",
+                dir.display()
+            )))
+        }
     }
-    Verifier::new(&config.issuer, &config.audience, &keys)
+    files.sort();
+    for path in &config.verification_keys {
+        let kid = kid_of(path).ok_or_else(|| {
+            Error::Internal(format!("{} must be named `<kid>.pub.pem`", path.display()))
+        })?;
+        files.push((kid, path.clone()));
+    }
+
+    let (mut keys, mut problems) = (Vec::new(), Vec::new());
+    for (kid, path) in files {
+        let checked = std::fs::read(&path)
+            .map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))
+            .and_then(|pem| Verifier::check_key(&kid, &pem).map(|()| pem));
+        match checked {
+            Ok(pem) => keys.push((kid, pem)),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    Ok((keys, problems))
+}
+
+/// The `kid` a file `<kid>.pub.pem` holds the public key of.
+fn kid_of(path: &std::path::Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let kid = name.strip_suffix(".pub.pem")?;
+    (!kid.is_empty()).then(|| kid.to_owned())
 }
 
 /// Reloads the verification keys every [`ServerConfig::key_reload_interval`], so that a key
-/// added to (or removed from) the key files takes effect without a restart. A reload that fails
-/// keeps the keys in force and says why.
-fn spawn_key_reload(config: ServerConfig, verifier: grpc::SharedVerifier) {
+/// added to (or removed from) the key files takes effect without a restart.
+///
+/// A file that cannot be read or holds no Ed25519 public key is left out, and said so at every
+/// reload: a key whose file went missing or was broken is refused, never kept. The verifier is
+/// replaced only when the keys change, so that it keeps remembering the tokens it accepted.
+fn spawn_key_reload(
+    config: ServerConfig,
+    verifier: grpc::SharedVerifier,
+    mut known: Vec<(String, Vec<u8>)>,
+) {
     let weak = Arc::downgrade(&verifier);
     drop(verifier);
     tokio::spawn(async move {
-        let mut known: Option<Vec<String>> = None;
         loop {
             tokio::time::sleep(config.key_reload_interval).await;
             let Some(verifier) = weak.upgrade() else {
                 return;
             };
-            match load_verifier(&config) {
+            let (keys, problems) = match verification_keys(&config) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::error!(error = %e, "verification keys not reloaded; keeping the current ones");
+                    continue;
+                }
+            };
+            for problem in &problems {
+                tracing::error!(error = %problem, "verification key left out");
+            }
+            if keys == known {
+                continue;
+            }
+            match Verifier::new(&config.issuer, &config.audience, &keys) {
                 Ok(fresh) => {
-                    let kids = fresh.kids();
-                    if known.as_ref() != Some(&kids) {
-                        if known.is_some() {
-                            tracing::info!(kids = ?kids, "verification keys reloaded");
-                        }
-                        known = Some(kids);
-                    }
+                    tracing::info!(kids = ?fresh.kids(), "verification keys reloaded");
                     *verifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+                    known = keys;
                 }
                 Err(e) => {
-                    // LIMITATION: one unreadable key file stops the whole reload, so a key retired meanwhile stays accepted until the file is fixed; hence an error, not a warning.
-                    tracing::error!(error = %e, "verification keys not reloaded; keeping the current ones, including any retired since")
+                    tracing::error!(error = %e, "verification keys not reloaded; keeping the current ones");
                 }
             }
         }
@@ -293,8 +339,13 @@ where
     if created {
         tracing::info!(path = %key_path.display(), "created a development signing key pair");
     }
-    let verifier = Arc::new(std::sync::RwLock::new(Arc::new(load_verifier(&config)?)));
-    spawn_key_reload(config.clone(), verifier.clone());
+    let (keys, mut problems) = verification_keys(&config)?;
+    if !problems.is_empty() {
+        return Err(Error::Internal(problems.remove(0)));
+    }
+    let verifier = Verifier::new(&config.issuer, &config.audience, &keys)?;
+    let verifier = Arc::new(std::sync::RwLock::new(Arc::new(verifier)));
+    spawn_key_reload(config.clone(), verifier.clone(), keys);
 
     let secret_path = config
         .invitation_secret_file
@@ -479,5 +530,92 @@ mod tests {
         let accepted = incoming.next().await.unwrap().unwrap();
 
         assert!(accepted.nodelay().unwrap());
+    }
+
+    /// The public half of a fresh key pair made in a directory of its own: its `kid` and file.
+    fn another_public_key(elsewhere: &crate::testing::TempDataDir) -> (String, PathBuf) {
+        auth::ensure_dev_keypair(elsewhere.path()).unwrap();
+        let (keys, _) = verification_keys(&ServerConfig::new(elsewhere.path())).unwrap();
+        let kid = keys[0].0.clone();
+        let file = auth::keys_dir(elsewhere.path()).join(format!("{kid}.pub.pem"));
+        (kid, file)
+    }
+
+    async fn kids_once_reloaded(verifier: &grpc::SharedVerifier, wanted: &[&str]) -> Vec<String> {
+        let mut kids = Vec::new();
+        for _ in 0..100 {
+            kids = verifier.read().unwrap().kids();
+            if kids == wanted {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        kids
+    }
+
+    #[tokio::test]
+    async fn reloads_replace_the_verifier_only_when_keys_change_and_refuse_broken_or_missing_ones()
+    {
+        let dir = crate::testing::TempDataDir::new();
+        auth::ensure_dev_keypair(dir.path()).unwrap();
+        let (other_dir, extra_dir) = (
+            crate::testing::TempDataDir::new(),
+            crate::testing::TempDataDir::new(),
+        );
+        let (other, other_file) = another_public_key(&other_dir);
+        let (extra, extra_file) = another_public_key(&extra_dir);
+        let mut config = ServerConfig::new(dir.path());
+        config.key_reload_interval = std::time::Duration::from_millis(10);
+        config.verification_keys = vec![extra_file.clone()];
+        let (keys, problems) = verification_keys(&config).unwrap();
+        assert_eq!(problems, Vec::<String>::new());
+        let dev = keys[0].0.clone();
+        let mut expected = vec![dev.clone(), extra.clone()];
+        expected.sort();
+        let started = Arc::new(Verifier::new(&config.issuer, &config.audience, &keys).unwrap());
+        assert_eq!(started.kids(), expected);
+        let verifier: grpc::SharedVerifier = Arc::new(std::sync::RwLock::new(started.clone()));
+        spawn_key_reload(config.clone(), verifier.clone(), keys);
+
+        // Unchanged keys: the same verifier, and with it the tokens it remembers.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(Arc::ptr_eq(&started, &verifier.read().unwrap()));
+
+        // A broken file beside a new key, the development key retired and the extra key's file
+        // gone: the new key is taken, and neither the broken nor the missing one is kept.
+        let keys_dir = auth::keys_dir(dir.path());
+        std::fs::write(keys_dir.join("broken.pub.pem"), b"not a key").unwrap();
+        std::fs::copy(&other_file, keys_dir.join(format!("{other}.pub.pem"))).unwrap();
+        std::fs::remove_file(keys_dir.join(format!("{dev}.pub.pem"))).unwrap();
+        std::fs::remove_file(&extra_file).unwrap();
+        assert_eq!(
+            kids_once_reloaded(&verifier, &[&other]).await,
+            vec![other.clone()]
+        );
+        let (keys, problems) = verification_keys(&config).unwrap();
+        assert_eq!(
+            keys.iter().map(|(kid, _)| kid.as_str()).collect::<Vec<_>>(),
+            vec![other.as_str()]
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("verification key `broken` is not an Ed25519 public key"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with(&format!("cannot read {}", extra_file.display())),
+            "{problems:?}"
+        );
+
+        // At start, the same problems are refused outright.
+        let Err(refused) = spawn(config).await else {
+            panic!("a server started with a broken key file");
+        };
+        assert!(
+            refused
+                .to_string()
+                .contains("verification key `broken` is not an Ed25519 public key"),
+            "{refused}"
+        );
     }
 }
