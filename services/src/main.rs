@@ -142,7 +142,8 @@ struct TokenArgs {
     #[arg(
         long,
         conflicts_with_all = ["service", "staff"],
-        required_unless_present_any = ["service", "staff"]
+        required_unless_present_any = ["service", "staff"],
+        value_parser = parse_user_id
     )]
     user: Option<uuid::Uuid>,
     /// Mint a token for the provider staff member `staff:<name>`, with the `staff` role.
@@ -184,6 +185,15 @@ struct DemoArgs {
     /// The server's data directory, whose development key signs the demo's tokens.
     #[arg(long, default_value = "./onbehalf-data", env = "ONBEHALF_DATA_DIR")]
     data_dir: PathBuf,
+}
+
+/// A user id as the server accepts one in a token's subject: a UUID other than the nil one.
+fn parse_user_id(raw: &str) -> Result<uuid::Uuid, String> {
+    match uuid::Uuid::parse_str(raw) {
+        Ok(id) if id.is_nil() => Err("the nil UUID names no user".into()),
+        Ok(id) => Ok(id),
+        Err(e) => Err(format!("`{raw}` is not a user id: {e}")),
+    }
 }
 
 fn parse_ttl(raw: &str) -> Result<chrono::Duration, String> {

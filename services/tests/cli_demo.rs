@@ -220,3 +220,24 @@ fn token_refuses_a_lifetime_beyond_a_year_instead_of_overflowing() {
     assert!(ok, "{err}");
     assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
 }
+
+#[test]
+fn token_refuses_the_nil_user_id_the_server_would_refuse() {
+    let dir = TempDataDir::new();
+    onbehalf::auth::ensure_dev_keypair(dir.path()).expect("key pair");
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--user",
+            "00000000-0000-0000-0000-000000000000",
+            "--data-dir",
+            data_dir,
+        ])
+        .output()
+        .expect("the binary runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("the nil UUID names no user"), "{err}");
+    assert!(out.stdout.is_empty());
+}
