@@ -282,9 +282,12 @@ impl Verifier {
                     ErrorKind::InvalidIssuer => unauthenticated("wrong issuer"),
                     ErrorKind::InvalidAudience => unauthenticated("wrong audience"),
                     ErrorKind::InvalidSignature => unauthenticated("bad signature"),
-                    ErrorKind::MissingRequiredClaim(_) => {
-                        unauthenticated("a required claim is missing")
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        unauthenticated(&format!("the required claim `{claim}` is missing"))
                     }
+                    // The signature held, so the claims are the signer's own: naming the field
+                    // that is missing or of the wrong type tells the caller nothing secret.
+                    ErrorKind::Json(e) => unauthenticated(&format!("unreadable claims: {e}")),
                     _ => unauthenticated("invalid"),
                 }
             })?;
@@ -698,6 +701,27 @@ mod tests {
             Error::Unauthenticated("bearer token refused: expired".into())
         );
         assert_eq!(verifier.accepted_at(&token, now), None);
+    }
+
+    #[test]
+    fn a_signed_token_without_a_required_claim_is_refused_naming_it() {
+        let (_dir, signer, verifier) = dev_key();
+        let now = Utc::now().timestamp();
+        let full = serde_json::json!({
+            "iss": DEFAULT_ISSUER, "aud": DEFAULT_ISSUER, "sub": "service:billing",
+            "iat": now, "exp": now + 600,
+        });
+        for claim in ["exp", "iat", "sub", "iss", "aud"] {
+            let mut claims = full.clone();
+            claims.as_object_mut().unwrap().remove(claim);
+            let token = signer.sign_claims(&claims).unwrap();
+            let refused = verifier.verify(&token).unwrap_err().to_string();
+            // serde_json adds where in the claims it stopped.
+            let expected =
+                format!("bearer token refused: unreadable claims: missing field `{claim}`");
+            assert!(refused.starts_with(&expected), "{refused}");
+        }
+        assert!(verifier.verify(&signer.sign_claims(&full).unwrap()).is_ok());
     }
 
     #[test]
