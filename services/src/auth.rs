@@ -175,6 +175,7 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECONDS;
+        // LIMITATION: the verifier sets no longest lifetime, so a token signed with a far `exp` by a key's holder stays valid until that key is retired; only `onbehalf token` caps it at 366 days.
         Ok(Self {
             keys: decoding,
             validation,

@@ -335,6 +335,7 @@ where
         None => (Arc::new(SqliteStore::open(&config.data_dir).await?), None),
     };
 
+    // LIMITATION: a data directory without a private key gets a new trusted signing key pair at every such start, and a development key retired by removing only its public half gets that half back; there is no setting that forbids either.
     let (key_path, created) = auth::ensure_dev_keypair(&config.data_dir)?;
     if created {
         tracing::info!(path = %key_path.display(), "created a development signing key pair");
