@@ -267,6 +267,13 @@ impl Verifier {
         if header.alg != Algorithm::EdDSA {
             return Err(unauthenticated("algorithm must be EdDSA"));
         }
+        // The signer says the token means something else to a reader that understands these
+        // extensions; this server understands none.
+        if header.crit.is_some() {
+            return Err(unauthenticated(
+                "a critical header extension is not understood",
+            ));
+        }
         let kid = header
             .kid
             .ok_or_else(|| unauthenticated("no `kid` header"))?;
@@ -702,6 +709,26 @@ mod tests {
             Error::Unauthenticated("bearer token refused: expired".into())
         );
         assert_eq!(verifier.accepted_at(&token, now), None);
+    }
+
+    #[test]
+    fn a_signed_token_with_a_critical_header_extension_is_refused() {
+        let (_dir, signer, verifier) = dev_key();
+        let claims = claims("onbehalf".into(), 0);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(signer.kid.clone());
+        header.crit = Some(vec!["exp-is-advisory".into()]);
+        let token = jsonwebtoken::encode(&header, &claims, &signer.key).unwrap();
+        assert_eq!(
+            verifier.verify(&token).unwrap_err(),
+            Error::Unauthenticated(
+                "bearer token refused: a critical header extension is not understood".into()
+            )
+        );
+
+        header.crit = None;
+        let token = jsonwebtoken::encode(&header, &claims, &signer.key).unwrap();
+        assert!(verifier.verify(&token).is_ok());
     }
 
     #[test]
