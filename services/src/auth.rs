@@ -192,27 +192,14 @@ impl Verifier {
     /// Loads every `*.pub.pem` file of `dir` as a key whose `kid` is the file name before
     /// `.pub.pem`.
     pub fn load_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut keys = Vec::new();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "cannot read {}: {e}",
-                    dir.display()
-                )))
-            }
-        };
-        for entry in entries {
-            let path = entry.map_err(|e| Error::Internal(e.to_string()))?.path();
-            if let Some(kid) = kid_of(&path, ".pub.pem") {
+        key_files(dir)?
+            .into_iter()
+            .map(|(kid, path)| {
                 let pem = std::fs::read(&path)
                     .map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
-                keys.push((kid, pem));
-            }
-        }
-        keys.sort();
-        Ok(keys)
+                Ok((kid, pem))
+            })
+            .collect()
     }
 
     /// The key ids this verifier accepts, in order.
@@ -360,6 +347,32 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Every `*.pub.pem` file of `dir` with its `kid` (the file name before `.pub.pem`), in `kid`
+/// order; none if `dir` does not exist.
+pub fn key_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let cannot_read =
+        |e: std::io::Error| Error::Internal(format!("cannot read {}: {e}", dir.display()));
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(cannot_read(e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(cannot_read)?.path();
+        if let Some(kid) = public_kid(&path) {
+            files.push((kid, path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The `kid` of a public key file `<kid>.pub.pem`.
+pub fn public_kid(path: &Path) -> Option<String> {
+    kid_of(path, ".pub.pem")
 }
 
 fn kid_of(path: &Path, suffix: &str) -> Option<String> {

@@ -178,35 +178,16 @@ pub const SERVICE_NAMES: &[&str] = &[
     "onbehalf.v1.HistoryService",
 ];
 
-/// Builds the verifier from the data directory's `keys/*.pub.pem` and the extra key files.
+/// Verification keys, `kid` → PEM-encoded public key, in order.
+type KeyPems = Vec<(String, Vec<u8>)>;
+
 /// The verification keys the configuration names, `kid` → PEM: every `*.pub.pem` of the key
 /// directory and every `--verification-key` file, in order; and, apart, why each file that
 /// cannot be read or holds no Ed25519 public key was left out.
-fn verification_keys(config: &ServerConfig) -> Result<(Vec<(String, Vec<u8>)>, Vec<String>)> {
-    let dir = auth::keys_dir(&config.data_dir);
-    let mut files = Vec::new();
-    match std::fs::read_dir(&dir) {
-        Ok(entries) => {
-            for entry in entries {
-                let entry = entry
-                    .map_err(|e| Error::Internal(format!("cannot read {}: {e}", dir.display())))?;
-                let path = entry.path();
-                if let Some(kid) = kid_of(&path) {
-                    files.push((kid, path));
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Error::Internal(format!(
-                "cannot read {}: {e}",
-                dir.display()
-            )))
-        }
-    }
-    files.sort();
+fn verification_keys(config: &ServerConfig) -> Result<(KeyPems, Vec<String>)> {
+    let mut files = auth::key_files(&auth::keys_dir(&config.data_dir))?;
     for path in &config.verification_keys {
-        let kid = kid_of(path).ok_or_else(|| {
+        let kid = auth::public_kid(path).ok_or_else(|| {
             Error::Internal(format!("{} must be named `<kid>.pub.pem`", path.display()))
         })?;
         files.push((kid, path.clone()));
@@ -225,24 +206,13 @@ fn verification_keys(config: &ServerConfig) -> Result<(Vec<(String, Vec<u8>)>, V
     Ok((keys, problems))
 }
 
-/// The `kid` a file `<kid>.pub.pem` holds the public key of.
-fn kid_of(path: &std::path::Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    let kid = name.strip_suffix(".pub.pem")?;
-    (!kid.is_empty()).then(|| kid.to_owned())
-}
-
 /// Reloads the verification keys every [`ServerConfig::key_reload_interval`], so that a key
 /// added to (or removed from) the key files takes effect without a restart.
 ///
 /// A file that cannot be read or holds no Ed25519 public key is left out, and said so at every
 /// reload: a key whose file went missing or was broken is refused, never kept. The verifier is
 /// replaced only when the keys change, so that it keeps remembering the tokens it accepted.
-fn spawn_key_reload(
-    config: ServerConfig,
-    verifier: grpc::SharedVerifier,
-    mut known: Vec<(String, Vec<u8>)>,
-) {
+fn spawn_key_reload(config: ServerConfig, verifier: grpc::SharedVerifier, mut known: KeyPems) {
     let weak = Arc::downgrade(&verifier);
     drop(verifier);
     tokio::spawn(async move {
