@@ -867,14 +867,14 @@ async fn postgres_replicas_starting_at_once_migrate_the_schema_once() {
     for start in starts {
         stores.push(start.await.unwrap().unwrap());
     }
-    assert_eq!(stores[0].schema_version().await.unwrap(), 2);
+    assert_eq!(stores[0].schema_version().await.unwrap(), 3);
     let client = db.client().await.unwrap();
     let applied: i64 = client
         .query_one("SELECT count(*) FROM schema_version", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
     drop((stores, client));
     db.drop_database().await.unwrap();
 }

@@ -31,6 +31,7 @@ use super::{
 };
 
 mod group;
+mod lease;
 mod tails;
 
 /// The notification channel every append's commit notifies, with the new head position as its
@@ -113,6 +114,7 @@ CREATE TABLE requests (
 );
 "#,
     super::keys::postgres::MIGRATION,
+    lease::MIGRATION,
 ];
 
 /// Server-side limit on how long a session may sit idle inside an open transaction.
@@ -134,17 +136,22 @@ pub struct PostgresOptions {
     /// it fails as unavailable, for a server that accepts connections and data but never
     /// answers (a stopped process, a wedged host).
     pub call_timeout: Duration,
+    /// Whether the store takes the writer lease when it is the only process appending, and then
+    /// answers "has this stream moved?" from memory (`docs/decisions/0011-writer-lease.md`).
+    pub writer_lease: bool,
 }
 
 impl Default for PostgresOptions {
     /// 16 connections; 5 s to connect or to wait for a connection, so that a call against a
-    /// server that is down fails quickly instead of hanging; 10 s for a whole call.
+    /// server that is down fails quickly instead of hanging; 10 s for a whole call; the writer
+    /// lease on.
     fn default() -> Self {
         Self {
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(10),
+            writer_lease: true,
         }
     }
 }
@@ -162,6 +169,7 @@ pub struct PostgresStore {
     call_timeout: Duration,
     committer: Arc<group::Committer>,
     tails: Arc<tails::Tails>,
+    lease: Arc<lease::WriterLease>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -244,9 +252,23 @@ impl PostgresStore {
             call_timeout: options.call_timeout,
             committer: Arc::default(),
             tails: Arc::default(),
+            lease: Arc::new(lease::WriterLease::new(options.writer_lease)),
         };
         store.migrate().await?;
+        if options.writer_lease {
+            tokio::spawn(lease::keep(
+                Arc::downgrade(&store.lease),
+                store.pool.clone(),
+                store.config.clone(),
+            ));
+        }
         Ok(store)
+    }
+
+    /// Whether this store holds the writer lease and trusts it now: reads of streams whose head
+    /// it knows are then answered from memory.
+    pub fn holds_writer_lease(&self) -> bool {
+        self.lease.is_held()
     }
 
     /// The schema version the database is at.
@@ -335,7 +357,7 @@ impl PostgresStore {
         gate: CommitGate,
     ) -> StoreResult<Appended> {
         super::check_batch(&batch)?;
-        let mut results = group::commit(&self.pool, vec![batch], Some(gate)).await?;
+        let mut results = group::commit(&self.pool, &self.lease, vec![batch], Some(gate)).await?;
         results
             .pop()
             .unwrap_or_else(|| Err(StoreError::Backend("the group answered nothing".into())))
@@ -568,12 +590,23 @@ impl EventReader for PostgresStore {
         stream_id: &str,
         after_version: u64,
     ) -> StoreResult<Vec<StoredEvent>> {
+        // Nothing can have been appended that this process does not know of while it holds the
+        // writer lease (see `lease.rs`).
+        self.lease.demand();
+        if self.lease.unmoved(stream_id, after_version) {
+            return Ok(Vec::new());
+        }
+        let token = self.lease.read_token();
         // Reads asked for together are answered by one statement (see `tails.rs`).
-        self.bounded(
-            self.tails
-                .read(&self.pool, self.call_timeout, stream_id, after_version),
-        )
-        .await
+        let events = self
+            .bounded(
+                self.tails
+                    .read(&self.pool, self.call_timeout, stream_id, after_version),
+            )
+            .await?;
+        let head = events.last().map_or(after_version, |e| e.version);
+        self.lease.read_found(token, stream_id, head);
+        Ok(events)
     }
 
     async fn read_all(&self, after_position: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
@@ -632,7 +665,8 @@ impl EventReader for PostgresStore {
 impl EventAppender for PostgresStore {
     async fn append(&self, batch: AppendBatch) -> StoreResult<Appended> {
         super::check_batch(&batch)?;
-        self.bounded(self.committer.append(&self.pool, batch)).await
+        self.bounded(self.committer.append(&self.pool, &self.lease, batch))
+            .await
     }
 }
 

@@ -31,6 +31,7 @@ use deadpool_postgres::{Client, Pool};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::lease::{self, Seen, WriterLease};
 use super::{corrupt, map_err, map_pool_err, to_sql_int, to_u64, CommitGate};
 use crate::store::{AppendBatch, Appended, RequestOutcome, StoreError, StoreResult};
 
@@ -68,6 +69,7 @@ impl Committer {
     pub(super) async fn append(
         self: &Arc<Self>,
         pool: &Pool,
+        lease: &Arc<WriterLease>,
         batch: AppendBatch,
     ) -> StoreResult<Appended> {
         let (answer, answered) = oneshot::channel();
@@ -79,7 +81,7 @@ impl Committer {
         if start {
             // The committer runs detached from this caller, so that a caller giving up does not
             // abandon the appends of others queued behind it.
-            tokio::spawn(run(self.clone(), pool.clone()));
+            tokio::spawn(run(self.clone(), pool.clone(), lease.clone()));
         }
         answered.await.map_err(|_| {
             StoreError::Unavailable("the append was dropped before it was answered".into())
@@ -147,14 +149,14 @@ impl Drop for StopGuard {
     }
 }
 
-async fn run(committer: Arc<Committer>, pool: Pool) {
+async fn run(committer: Arc<Committer>, pool: Pool, lease: Arc<WriterLease>) {
     let mut guard = StopGuard {
         committer: committer.clone(),
         finished: false,
     };
     let mut next = committer.next_group();
     while let Some(group) = next.take() {
-        next = commit_in_turn(&committer, &pool, group).await;
+        next = commit_in_turn(&committer, &pool, &lease, group).await;
     }
     guard.finished = true;
 }
@@ -216,6 +218,7 @@ fn answer(answers: Answers, results: StoreResult<Vec<StoreResult<Appended>>>) {
 async fn commit_in_turn(
     committer: &Committer,
     pool: &Pool,
+    lease: &WriterLease,
     group: Vec<Pending>,
 ) -> Option<Vec<Pending>> {
     let (batches, answers) = split(group);
@@ -243,6 +246,7 @@ async fn commit_in_turn(
             client,
             &statements,
             &open,
+            lease,
             batches,
             reading,
             None,
@@ -272,6 +276,7 @@ async fn commit_in_turn(
 /// guarantee) the group waits for it after writing and before committing.
 pub(super) async fn commit(
     pool: &Pool,
+    lease: &WriterLease,
     batches: Vec<AppendBatch>,
     gate: Option<CommitGate>,
 ) -> StoreResult<Vec<StoreResult<Appended>>> {
@@ -280,13 +285,24 @@ pub(super) async fn commit(
     let statements = Statements::prepare(client).await?;
     open.set_open(true);
     let reading = Reading::start(client, &statements, &batches).await;
-    let (results, _) = commit_read(client, &statements, &open, batches, reading, gate, None).await;
+    let (results, _) = commit_read(
+        client,
+        &statements,
+        &open,
+        lease,
+        batches,
+        reading,
+        gate,
+        None,
+    )
+    .await;
     results
 }
 
 /// What a group's checks need, read under the lock.
 struct Read {
     head: u64,
+    lease: Seen,
     link: crate::store::ChainHash,
     state: State,
     keys: crate::store::keys::postgres::GroupKeys,
@@ -350,14 +366,21 @@ async fn read(client: &Client, statements: &Statements, wanted: Wanted) -> Store
         crate::store::keys::postgres::GroupKeys::read(client, &statements.lookup_keys, subjects)
     );
     begun.map_err(map_err)?;
-    let head: i64 = locked.map_err(map_err)?.try_get(0).map_err(corrupt)?;
+    let locked = locked.map_err(map_err)?;
+    let head: i64 = locked.try_get(0).map_err(corrupt)?;
     let head = to_u64(head, "head position")?;
+    let lease = Seen {
+        holder: locked.try_get(1).map_err(corrupt)?,
+        epoch: locked.try_get(2).map_err(corrupt)?,
+        live: locked.try_get(3).map_err(corrupt)?,
+    };
     let stored = link_row
         .map_err(map_err)?
         .map(|row| row.try_get::<_, Option<String>>(0).map_err(corrupt))
         .transpose()?;
     Ok(Read {
         head,
+        lease,
         link: crate::store::head_link(head, stored)?,
         state: state?,
         keys: keys?,
@@ -378,16 +401,37 @@ struct Decided {
 
 /// Decides the group on what it read, then writes and commits what it accepted; with a
 /// `committer`, the group queued meanwhile is begun right behind the commit and handed back.
+#[allow(clippy::too_many_arguments)]
 async fn commit_read<'a>(
     client: &'a Client,
     statements: &'a Statements,
     open: &OpenTransaction,
+    lease: &WriterLease,
     batches: Vec<AppendBatch>,
-    reading: Reading<'a>,
+    mut reading: Reading<'a>,
     gate: Option<CommitGate>,
     committer: Option<&Committer>,
 ) -> (StoreResult<Vec<StoreResult<Appended>>>, Option<Chained<'a>>) {
-    let decided = match reading.finish().await {
+    let read = loop {
+        match reading.finish().await {
+            Ok(read) if read.lease.blocks(lease.me()) => {
+                // Another process answers reads from memory until it gives its lease up: this
+                // group writes nothing before it has, and then begins again.
+                if let Err(e) = client.batch_execute("ROLLBACK").await {
+                    return (Err(map_err(e)), None);
+                }
+                open.set_open(false);
+                if let Err(e) = lease::wait_for_release(client, lease.me(), read.lease).await {
+                    return (Err(e), None);
+                }
+                open.set_open(true);
+                reading = Reading::start(client, statements, &batches).await;
+            }
+            other => break other,
+        }
+    };
+    let held_epoch = read.as_ref().ok().and_then(|r| r.lease.held_by(lease.me()));
+    let decided = match read {
         Ok(read) => decide_group(client, batches, read).await,
         Err(e) => Err(e),
     };
@@ -405,6 +449,16 @@ async fn commit_read<'a>(
     }
     let head_position = to_sql_int(decided.position);
     let head_text = decided.position.to_string();
+    // Each written stream's last version once this group lands; until then, none of them is
+    // answered from memory.
+    let mut heads: HashMap<&str, u64> = HashMap::new();
+    for (stream_id, version) in decided.rows.stream_id.iter().zip(&decided.rows.version) {
+        let version = u64::try_from(*version).unwrap_or_default();
+        let head = heads.entry(stream_id.as_str()).or_default();
+        *head = (*head).max(version);
+    }
+    lease.writing(heads.keys().copied());
+    let me = lease.me();
     // The writes touch different rows and tables, and each sends its statements when first
     // polled: all of them are on the wire after one poll, and cost one round trip together.
     // If one fails, the transaction is aborted and the statements after it fail too; the
@@ -416,7 +470,7 @@ async fn commit_read<'a>(
             write_requests(client, statements, &decided.request_rows),
             async {
                 client
-                    .execute(&statements.advance, &[&head_position])
+                    .execute(&statements.advance, &[&head_position, &me])
                     .await
                     .map_err(map_err)
             },
@@ -478,6 +532,7 @@ async fn commit_read<'a>(
         notified?;
         committed.map_err(map_err)
     })();
+    lease.written(heads.into_iter(), landed.is_ok(), held_epoch);
     match landed {
         Ok(()) => {
             if chained.is_none() {
@@ -498,6 +553,7 @@ async fn decide_group(
 ) -> StoreResult<Decided> {
     let Read {
         head,
+        lease: _,
         mut link,
         state,
         mut keys,
@@ -645,7 +701,7 @@ impl Statements {
         let prepare =
             |sql: &'static str| async move { client.prepare_cached(sql).await.map_err(map_err) };
         Ok(Self {
-            head: prepare("SELECT position FROM event_head WHERE singleton FOR UPDATE").await?,
+            head: prepare(lease::LOCK_HEAD).await?,
             link: prepare(
                 // A lookup by primary key whatever the table's statistics say: a join here can
                 // be planned as a scan of the whole log while the statistics are young.
@@ -667,7 +723,7 @@ impl Statements {
                  $5::bigint[])",
             )
             .await?,
-            advance: prepare("UPDATE event_head SET position = $1 WHERE singleton").await?,
+            advance: prepare(lease::ADVANCE_HEAD).await?,
             notify: prepare("SELECT pg_notify($1, $2)").await?,
             release: prepare(
                 "DELETE FROM reservations r USING unnest($1::text[], $2::text[]) AS k(scope, key) \

@@ -1,0 +1,655 @@
+//! The writer lease: while no other process appends to a database, the process holding the lease
+//! may answer "has this stream moved since version `v`?" from memory instead of asking PostgreSQL.
+//!
+//! Every authorising read (`CheckPermission`, the checks of read RPCs) and every decision that
+//! appends nothing reads its stream's events after the state the process folded, so that a
+//! revocation committed by any replica is seen at once. That read is a round trip even when the
+//! stream has not moved, which it almost never has when this process made its last write.
+//!
+//! The lease lives in the head row (`event_head`), which every append group locks first:
+//!
+//! - A process that appends or reads streams takes the lease when nobody holds it (or it has
+//!   lapsed), when it was the last process to append or no process appended in the last two
+//!   seconds, and when no quiet period runs: `lease_holder` is its id, `lease_epoch` grows by
+//!   one, `lease_expires_at` is [`TERM`] after PostgreSQL's clock. It renews the lease every
+//!   [`RENEW_EVERY`], and trusts it for [`TERM`] less [`MARGIN`] after it sent the renewal, on
+//!   its own monotonic clock: PostgreSQL set the expiry later than that send, with the same
+//!   length, so the holder stops trusting it before the database lets it lapse. After
+//!   [`GIVE_UP_AFTER`] without a read or an append, it gives the lease up.
+//! - A group of another process that finds a live lease in the head row it has locked writes
+//!   nothing: it rolls back, sets `lease_wanted` and notifies the holder, waits until the lease
+//!   is released or lapsed, and begins again. The holder hears the wish at once (or at its next
+//!   renewal), stops answering from memory first and only then releases the lease. A holder
+//!   that died lets it lapse after [`TERM`].
+//! - A group that finds a lapsed lease of another clears it (`lease_epoch` grows again) in the
+//!   same statement that advances the head, so a late renewal of the lapsed lease cannot succeed.
+//!   The group also records itself as the last appender; when that changes from one process to
+//!   another, nobody takes the lease for ten seconds, so that replicas taking turns do not pass it
+//!   back and forth.
+//!
+//! While it holds the lease the process knows each stream's head version from its own reads
+//! and appends: a read sent after the lease was taken saw everything committed before it, and
+//! nothing else can commit until the lease is released. A stream whose append is on the wire is
+//! not known until the commit is answered. `docs/decisions/0011-writer-lease.md` records why and
+//! what it costs.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Client, Pool};
+use uuid::Uuid;
+
+use super::{map_err, map_pool_err};
+use crate::store::{StoreError, StoreResult};
+
+/// How long a lease lasts after PostgreSQL granted or renewed it.
+pub(super) const TERM: Duration = Duration::from_secs(1);
+/// How much sooner than [`TERM`] after a renewal was sent the holder stops trusting it: room for
+/// the two clocks running at slightly different rates, and for the holder's own scheduling.
+const MARGIN: Duration = Duration::from_millis(250);
+/// How often the holder renews its lease, and how often a process that could take it tries.
+const RENEW_EVERY: Duration = Duration::from_millis(100);
+/// A process takes the lease only if it appended or read a stream this recently.
+const TAKE_WITHIN: Duration = Duration::from_secs(10);
+/// The holder gives the lease up after this long without appending or reading a stream.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+/// How long a group waits for another process to give up its lease before failing.
+const WAIT_AT_MOST: Duration = Duration::from_secs(5);
+/// The most stream heads remembered at once; the memory is cleared when it fills.
+const MAX_HEADS: usize = 100_000;
+
+/// The schema step that adds the lease to the head row.
+///
+/// `appended_by` is set by every advance of this build and cleared again by the trigger, so the
+/// trigger recognises an advance by an earlier build, which knows nothing of the lease: while a
+/// lease is live it refuses that advance, and otherwise starts a quiet period, so that no
+/// process takes the lease while such a build appends.
+pub(super) const MIGRATION: &str = r#"
+ALTER TABLE event_head
+    ADD COLUMN lease_holder     uuid,
+    ADD COLUMN lease_epoch      bigint      NOT NULL DEFAULT 0,
+    ADD COLUMN lease_expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    ADD COLUMN lease_wanted     boolean     NOT NULL DEFAULT false,
+    ADD COLUMN last_appender    uuid,
+    ADD COLUMN quiet_until      timestamptz NOT NULL DEFAULT '-infinity',
+    ADD COLUMN last_appended_at timestamptz NOT NULL DEFAULT '-infinity',
+    ADD COLUMN appended_by      uuid;
+CREATE FUNCTION event_head_lease_guard() RETURNS trigger LANGUAGE plpgsql AS $guard$
+BEGIN
+    IF NEW.position <> OLD.position AND NEW.appended_by IS NULL THEN
+        IF OLD.lease_holder IS NOT NULL AND OLD.lease_expires_at > now() THEN
+            RAISE EXCEPTION 'the log is under a writer lease that this build does not honour'
+                USING ERRCODE = 'lock_not_available';
+        END IF;
+        NEW.last_appender := NULL;
+        NEW.last_appended_at := now();
+        NEW.quiet_until := now() + interval '10 seconds';
+    END IF;
+    NEW.appended_by := NULL;
+    RETURN NEW;
+END
+$guard$;
+CREATE TRIGGER event_head_lease_guard BEFORE UPDATE ON event_head
+    FOR EACH ROW EXECUTE FUNCTION event_head_lease_guard();
+"#;
+
+/// The locking statement of every group: the head position and the lease, read after the lock
+/// was granted.
+pub(super) const LOCK_HEAD: &str = "SELECT position, lease_holder, lease_epoch, \
+     lease_expires_at > now() FROM event_head WHERE singleton FOR UPDATE";
+
+/// Advances the head to `$1` for the appender `$2`: clears a lapsed lease of another process,
+/// and starts the quiet period (ten seconds, in which no process takes the lease) when the last
+/// appender changes.
+pub(super) const ADVANCE_HEAD: &str = "UPDATE event_head SET position = $1, \
+     appended_by = $2, last_appender = $2, last_appended_at = now(), \
+     quiet_until = CASE WHEN last_appender IS NOT NULL AND last_appender <> $2 \
+         THEN now() + interval '10 seconds' ELSE quiet_until END, \
+     lease_holder = CASE WHEN lease_holder = $2 THEN lease_holder END, \
+     lease_epoch = CASE WHEN lease_holder IS NOT NULL AND lease_holder <> $2 \
+         THEN lease_epoch + 1 ELSE lease_epoch END, \
+     lease_wanted = CASE WHEN lease_holder = $2 THEN lease_wanted ELSE false END \
+     WHERE singleton";
+
+/// The lease as a group found it in the head row it locked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// The process holding it, lapsed or not.
+    pub(super) holder: Option<Uuid>,
+    /// Its epoch.
+    pub(super) epoch: i64,
+    /// Whether it had not yet lapsed by PostgreSQL's clock.
+    pub(super) live: bool,
+}
+
+impl Seen {
+    /// Whether a group of `me` must wait for another process to give the lease up.
+    pub(super) fn blocks(&self, me: Uuid) -> bool {
+        self.live && self.holder.is_some_and(|holder| holder != me)
+    }
+
+    /// The epoch of the lease `me` held when the group locked the head, if it held it.
+    pub(super) fn held_by(&self, me: Uuid) -> Option<i64> {
+        (self.holder == Some(me)).then_some(self.epoch)
+    }
+}
+
+/// The lease held by this process: its epoch and until when it is trusted.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    epoch: i64,
+    trusted_until: Instant,
+}
+
+/// What this process knows of one stream while it holds the lease.
+#[derive(Debug, Default)]
+struct Stream {
+    /// The stream's last version, when known to be the latest committed.
+    head: Option<u64>,
+    /// How many of this process's appends to the stream are on the wire.
+    writing: u32,
+    /// The write sequence number of the last append to the stream this process began.
+    last_write: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    held: Option<Held>,
+    /// Grows whenever the lease is taken or given up, so that what was learned under one
+    /// holding is never recorded under another.
+    generation: u64,
+    /// Grows with every append this process begins.
+    writes: u64,
+    /// When this process last appended or read a stream: it takes the lease only when that
+    /// was recently, and gives it up after a long while without.
+    last_demand: Option<Instant>,
+    streams: HashMap<String, Stream>,
+}
+
+impl State {
+    // LIMITATION: trust is measured on `Instant`, which stops while the host is suspended, and against PostgreSQL's wall clock, which a step forward of more than MARGIN makes lapse early.
+    fn trusted(&self, now: Instant) -> bool {
+        self.held.is_some_and(|held| now < held.trusted_until)
+    }
+
+    fn forget_heads(&mut self) {
+        self.streams.retain(|_, stream| stream.writing > 0);
+        for stream in self.streams.values_mut() {
+            stream.head = None;
+        }
+    }
+}
+
+/// Taken before a stream read is sent; the head the read finds is remembered only if the lease
+/// was held throughout and no append of this process to the stream began meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ReadToken {
+    generation: u64,
+    writes: u64,
+}
+
+/// One store's side of the writer lease, shared by its clones.
+#[derive(Debug)]
+pub(super) struct WriterLease {
+    /// This store's id as an appender; new for every store opened.
+    me: Uuid,
+    enabled: bool,
+    state: Mutex<State>,
+}
+
+impl WriterLease {
+    pub(super) fn new(enabled: bool) -> Self {
+        Self {
+            me: Uuid::new_v4(),
+            enabled,
+            state: Mutex::default(),
+        }
+    }
+
+    /// This store's id as an appender.
+    pub(super) fn me(&self) -> Uuid {
+        self.me
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this process holds a lease it still trusts.
+    pub(super) fn is_held(&self) -> bool {
+        self.state().trusted(Instant::now())
+    }
+
+    /// Whether the stream is known to have no event after `after_version`: the lease is held
+    /// and trusted, no append of this process to the stream is on the wire, and its head is
+    /// known to be exactly `after_version`.
+    pub(super) fn unmoved(&self, stream_id: &str, after_version: u64) -> bool {
+        let state = self.state();
+        state.trusted(Instant::now())
+            && state
+                .streams
+                .get(stream_id)
+                .is_some_and(|s| s.writing == 0 && s.head == Some(after_version))
+    }
+
+    /// Taken before a stream read is sent; `None` when the lease is not held.
+    pub(super) fn read_token(&self) -> Option<ReadToken> {
+        let state = self.state();
+        state.trusted(Instant::now()).then_some(ReadToken {
+            generation: state.generation,
+            writes: state.writes,
+        })
+    }
+
+    /// Remembers `head` as the stream's last version, found by a read that began with `token`.
+    pub(super) fn read_found(&self, token: Option<ReadToken>, stream_id: &str, head: u64) {
+        let Some(token) = token else {
+            return;
+        };
+        let mut state = self.state();
+        if state.generation != token.generation || state.held.is_none() {
+            return;
+        }
+        if let Some(stream) = state.streams.get(stream_id) {
+            if stream.writing > 0 || stream.last_write > token.writes {
+                return;
+            }
+        }
+        if state.streams.len() >= MAX_HEADS && !state.streams.contains_key(stream_id) {
+            state.forget_heads();
+        }
+        state.streams.entry(stream_id.to_owned()).or_default().head = Some(head);
+    }
+
+    /// Marks the streams of a group's accepted appends as being written: none of them is
+    /// answered from memory until [`Self::written`].
+    pub(super) fn writing<'a>(&self, streams: impl Iterator<Item = &'a str>) {
+        let mut state = self.state();
+        state.last_demand = Some(Instant::now());
+        state.writes += 1;
+        let sequence = state.writes;
+        for stream_id in streams {
+            let stream = state.streams.entry(stream_id.to_owned()).or_default();
+            stream.writing += 1;
+            stream.last_write = sequence;
+            stream.head = None;
+        }
+    }
+
+    /// Ends what [`Self::writing`] began. When the group committed under the lease this process
+    /// still holds in the same epoch, each stream's head is its new last version; otherwise it
+    /// is not known.
+    pub(super) fn written<'a>(
+        &self,
+        heads: impl Iterator<Item = (&'a str, u64)>,
+        committed: bool,
+        held_epoch: Option<i64>,
+    ) {
+        let mut state = self.state();
+        let known =
+            committed && held_epoch.is_some() && state.held.map(|held| held.epoch) == held_epoch;
+        for (stream_id, head) in heads {
+            let Some(stream) = state.streams.get_mut(stream_id) else {
+                continue;
+            };
+            stream.writing = stream.writing.saturating_sub(1);
+            stream.head = (known && stream.writing == 0).then_some(head);
+            if stream.writing == 0 && stream.head.is_none() {
+                state.streams.remove(stream_id);
+            }
+        }
+    }
+
+    fn took(&self, epoch: i64, trusted_until: Instant) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.forget_heads();
+        state.held = Some(Held {
+            epoch,
+            trusted_until,
+        });
+    }
+
+    fn renewed(&self, epoch: i64, trusted_until: Instant) {
+        let mut state = self.state();
+        if let Some(held) = state.held.as_mut() {
+            if held.epoch == epoch {
+                held.trusted_until = trusted_until;
+            }
+        }
+    }
+
+    /// Stops answering from memory; returns the epoch that was held.
+    fn give_up(&self) -> Option<i64> {
+        let mut state = self.state();
+        let held = state.held.take()?;
+        state.generation += 1;
+        state.forget_heads();
+        Some(held.epoch)
+    }
+
+    fn held_epoch(&self) -> Option<i64> {
+        self.state().held.map(|held| held.epoch)
+    }
+
+    /// Notes that the process reads a stream, a use the lease serves.
+    pub(super) fn demand(&self) {
+        self.state().last_demand = Some(Instant::now());
+    }
+
+    /// How long ago the process last appended or read a stream.
+    fn idle(&self) -> Option<Duration> {
+        self.state().last_demand.map(|at| at.elapsed())
+    }
+}
+
+/// Takes, renews and gives up the lease for as long as the store is open: stops when every
+/// clone of the store has been dropped.
+///
+/// While it holds the lease it also listens on [`WANTED_CHANNEL`] on a connection of its own,
+/// so that another process's wish is answered at once rather than at the next renewal; without
+/// that connection the renewal still finds the wish.
+pub(super) async fn keep(lease: Weak<WriterLease>, pool: Pool, config: tokio_postgres::Config) {
+    let mut listening: Option<Listening> = None;
+    loop {
+        let woken = match listening.as_mut() {
+            Some(listening) => tokio::select! {
+                note = listening.notes.recv() => note.is_some(),
+                () = tokio::time::sleep(RENEW_EVERY) => true,
+            },
+            None => {
+                tokio::time::sleep(RENEW_EVERY).await;
+                true
+            }
+        };
+        if !woken {
+            // The listening connection ended; the next holding opens another.
+            listening = None;
+        }
+        let Some(lease) = lease.upgrade() else {
+            return;
+        };
+        if let Err(err) = step(&lease, &pool).await {
+            // The lease lapses on its own while PostgreSQL cannot be reached; reads then ask
+            // PostgreSQL, which fails the same way.
+            tracing::debug!(error = %err, "writer lease not renewed");
+        }
+        match (lease.held_epoch().is_some(), listening.is_some()) {
+            (true, false) => listening = Listening::open(&config).await.ok(),
+            (false, true) => listening = None,
+            _ => {}
+        }
+    }
+}
+
+/// The notification channel on which a process waiting to append asks the holder to give the
+/// lease up.
+const WANTED_CHANNEL: &str = "onbehalf_lease_wanted";
+
+/// A connection of the holder's own, listening on [`WANTED_CHANNEL`]; closed when dropped.
+struct Listening {
+    notes: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    driver: tokio::task::JoinHandle<()>,
+    _client: tokio_postgres::Client,
+}
+
+impl Listening {
+    async fn open(config: &tokio_postgres::Config) -> StoreResult<Listening> {
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(map_err)?;
+        let (notes, driver) = super::notifications(connection);
+        let listening = Listening {
+            notes,
+            driver,
+            _client: client,
+        };
+        listening
+            ._client
+            .batch_execute(&format!("LISTEN {WANTED_CHANNEL}"))
+            .await
+            .map_err(map_err)?;
+        Ok(listening)
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+async fn step(lease: &WriterLease, pool: &Pool) -> StoreResult<()> {
+    if !lease.enabled {
+        return Ok(());
+    }
+    let idle = lease.idle();
+    match lease.held_epoch() {
+        Some(epoch) if idle.is_none_or(|idle| idle > GIVE_UP_AFTER) => {
+            lease.give_up();
+            let client = pool.get().await.map_err(map_pool_err)?;
+            release(&client, lease.me, epoch).await?;
+            tracing::info!(
+                epoch,
+                "writer lease given up: no stream read or append lately"
+            );
+            Ok(())
+        }
+        Some(epoch) => renew(lease, pool, epoch).await,
+        None if idle.is_some_and(|idle| idle < TAKE_WITHIN) => take(lease, pool).await,
+        None => Ok(()),
+    }
+}
+
+async fn take(lease: &WriterLease, pool: &Pool) -> StoreResult<()> {
+    let client = pool.get().await.map_err(map_pool_err)?;
+    let sent = Instant::now();
+    let row = client
+        .query_opt(
+            "UPDATE event_head SET lease_holder = $1, lease_epoch = lease_epoch + 1, \
+             lease_expires_at = now() + $2 * interval '1 millisecond', lease_wanted = false \
+             WHERE singleton AND (lease_holder IS NULL OR lease_expires_at <= now()) \
+             AND quiet_until <= now() \
+             AND (last_appender = $1 OR last_appended_at <= now() - interval '2 seconds') \
+             RETURNING lease_epoch",
+            &[&lease.me, &term_millis()],
+        )
+        .await
+        .map_err(map_err)?;
+    if let Some(row) = row {
+        let epoch: i64 = row.try_get(0).map_err(super::corrupt)?;
+        lease.took(epoch, sent + TERM - MARGIN);
+        tracing::info!(
+            epoch,
+            "writer lease taken: stream heads answered from memory"
+        );
+    }
+    Ok(())
+}
+
+async fn renew(lease: &WriterLease, pool: &Pool, epoch: i64) -> StoreResult<()> {
+    let client = pool.get().await.map_err(map_pool_err)?;
+    let sent = Instant::now();
+    let row = client
+        .query_opt(
+            "UPDATE event_head SET lease_expires_at = now() + $3 * interval '1 millisecond' \
+             WHERE singleton AND lease_holder = $1 AND lease_epoch = $2 \
+             AND lease_expires_at > now() \
+             RETURNING lease_wanted",
+            &[&lease.me, &epoch, &term_millis()],
+        )
+        .await
+        .map_err(map_err)?;
+    let Some(row) = row else {
+        // Lapsed, and cleared by another process's append.
+        lease.give_up();
+        tracing::info!(epoch, "writer lease lost");
+        return Ok(());
+    };
+    let wanted: bool = row.try_get(0).map_err(super::corrupt)?;
+    if !wanted {
+        lease.renewed(epoch, sent + TERM - MARGIN);
+        return Ok(());
+    }
+    // Memory stops answering before the database lets another process append.
+    lease.give_up();
+    release(&client, lease.me, epoch).await?;
+    tracing::info!(epoch, "writer lease given up: another process appends");
+    Ok(())
+}
+
+async fn release(client: &Client, me: Uuid, epoch: i64) -> StoreResult<()> {
+    client
+        .execute(
+            "UPDATE event_head SET lease_holder = NULL, lease_epoch = lease_epoch + 1, \
+             lease_wanted = false WHERE singleton AND lease_holder = $1 AND lease_epoch = $2",
+            &[&me, &epoch],
+        )
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+fn term_millis() -> f64 {
+    TERM.as_secs_f64() * 1000.0
+}
+
+/// Asks the holder `seen` describes to give the lease up, and waits until it has, or its lease
+/// has lapsed. Called with no transaction open on `client`.
+pub(super) async fn wait_for_release(client: &Client, me: Uuid, seen: Seen) -> StoreResult<()> {
+    let Some(holder) = seen.holder else {
+        return Ok(());
+    };
+    // The holder hears of the wish at once if it listens, and at its next renewal otherwise.
+    client
+        .query_opt(
+            "UPDATE event_head SET lease_wanted = true \
+             WHERE singleton AND lease_holder = $1 AND lease_epoch = $2 \
+             RETURNING pg_notify($3, lease_epoch::text)",
+            &[&holder, &seen.epoch, &WANTED_CHANNEL],
+        )
+        .await
+        .map_err(map_err)?;
+    let started = Instant::now();
+    loop {
+        let row = client
+            .query_one(
+                "SELECT lease_holder IS NULL OR lease_holder = $1 OR lease_epoch <> $2 \
+                 OR lease_expires_at <= now() FROM event_head WHERE singleton",
+                &[&me, &seen.epoch],
+            )
+            .await
+            .map_err(map_err)?;
+        let free: bool = row.try_get(0).map_err(super::corrupt)?;
+        if free {
+            return Ok(());
+        }
+        if started.elapsed() > WAIT_AT_MOST {
+            return Err(StoreError::Unavailable(
+                format!(
+                    "another process ({holder}) holds the writer lease and did not give it up \
+                     within {} s",
+                    WAIT_AT_MOST.as_secs()
+                )
+                .into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holding(lease: &WriterLease, epoch: i64) {
+        lease.took(epoch, Instant::now() + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_head_is_answered_only_while_the_lease_is_held_and_trusted() {
+        let lease = WriterLease::new(true);
+        let token = lease.read_token();
+        assert!(token.is_none());
+        lease.read_found(token, "client-account-a", 3);
+        assert!(!lease.unmoved("client-account-a", 3));
+
+        holding(&lease, 7);
+        let token = lease.read_token();
+        lease.read_found(token, "client-account-a", 3);
+        assert!(lease.unmoved("client-account-a", 3));
+        assert!(!lease.unmoved("client-account-a", 2));
+        assert!(!lease.unmoved("client-account-b", 3));
+
+        lease.took(8, Instant::now() - Duration::from_millis(1));
+        assert!(!lease.unmoved("client-account-a", 3));
+    }
+
+    #[test]
+    fn a_read_that_overlapped_an_append_to_its_stream_is_not_remembered() {
+        let lease = WriterLease::new(true);
+        holding(&lease, 1);
+        let token = lease.read_token();
+        lease.writing(["client-account-a"].into_iter());
+        assert!(!lease.unmoved("client-account-a", 0));
+        lease.written([("client-account-a", 2)].into_iter(), true, Some(1));
+        assert!(lease.unmoved("client-account-a", 2));
+        // The read was sent before the append began: what it found is older than the append.
+        lease.read_found(token, "client-account-a", 0);
+        assert!(lease.unmoved("client-account-a", 2));
+        assert!(!lease.unmoved("client-account-a", 0));
+    }
+
+    #[test]
+    fn an_append_outside_the_held_epoch_leaves_its_stream_unknown() {
+        let lease = WriterLease::new(true);
+        holding(&lease, 4);
+        lease.writing(["client-account-a", "user-b"].into_iter());
+        lease.written(
+            [("client-account-a", 5), ("user-b", 1)].into_iter(),
+            true,
+            Some(3),
+        );
+        assert!(!lease.unmoved("client-account-a", 5));
+        assert!(!lease.unmoved("user-b", 1));
+
+        lease.writing(["client-account-a"].into_iter());
+        lease.written([("client-account-a", 6)].into_iter(), false, Some(4));
+        assert!(!lease.unmoved("client-account-a", 6));
+    }
+
+    #[test]
+    fn giving_the_lease_up_forgets_every_head_learned_under_it() {
+        let lease = WriterLease::new(true);
+        holding(&lease, 2);
+        let token = lease.read_token();
+        lease.read_found(token, "client-account-a", 9);
+        assert_eq!(lease.give_up(), Some(2));
+        assert!(!lease.unmoved("client-account-a", 9));
+
+        holding(&lease, 4);
+        assert!(!lease.unmoved("client-account-a", 9));
+        // A read begun under the earlier holding finds nothing to remember under this one.
+        lease.read_found(token, "client-account-a", 9);
+        assert!(!lease.unmoved("client-account-a", 9));
+    }
+
+    #[test]
+    fn a_lease_is_blocking_only_while_live_and_held_by_another() {
+        let me = Uuid::new_v4();
+        let other = Uuid::new_v4();
+        let seen = |holder, live| Seen {
+            holder,
+            epoch: 3,
+            live,
+        };
+        assert!(seen(Some(other), true).blocks(me));
+        assert!(!seen(Some(other), false).blocks(me));
+        assert!(!seen(Some(me), true).blocks(me));
+        assert!(!seen(None, true).blocks(me));
+        assert_eq!(seen(Some(me), false).held_by(me), Some(3));
+        assert_eq!(seen(Some(other), true).held_by(me), None);
+    }
+}
