@@ -259,7 +259,6 @@ impl PostgresStore {
             tokio::spawn(lease::keep(
                 Arc::downgrade(&store.lease),
                 store.pool.clone(),
-                store.config.clone(),
             ));
         }
         Ok(store)

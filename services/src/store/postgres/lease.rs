@@ -17,10 +17,10 @@
 //!   length, so the holder stops trusting it before the database lets it lapse. After
 //!   [`GIVE_UP_AFTER`] without a read or an append, it gives the lease up.
 //! - A group of another process that finds a live lease in the head row it has locked writes
-//!   nothing: it rolls back, sets `lease_wanted` and notifies the holder, waits until the lease
-//!   is released or lapsed, and begins again. The holder hears the wish at once (or at its next
-//!   renewal), stops answering from memory first and only then releases the lease. A holder
-//!   that died lets it lapse after [`TERM`].
+//!   nothing: it rolls back, sets `lease_wanted`, waits until the lease is released or lapsed,
+//!   and begins again. The holder finds the wish at its next renewal, stops answering from
+//!   memory first and only then releases the lease. A holder that died lets it lapse after
+//!   [`TERM`].
 //! - A group that finds a lapsed lease of another clears it (`lease_epoch` grows again) in the
 //!   same statement that advances the head, so a late renewal of the lapsed lease cannot succeed.
 //!   The group also records itself as the last appender; when that changes from one process to
@@ -149,8 +149,10 @@ struct Stream {
     head: Option<u64>,
     /// How many of this process's appends to the stream are on the wire.
     writing: u32,
-    /// The write sequence number of the last append to the stream this process began.
+    /// The sequence number of the last append to the stream this process began.
     last_write: u64,
+    /// The sequence number of the last of those appends to end.
+    last_done: u64,
 }
 
 #[derive(Debug, Default)]
@@ -159,8 +161,10 @@ struct State {
     /// Grows whenever the lease is taken or given up, so that what was learned under one
     /// holding is never recorded under another.
     generation: u64,
-    /// Grows with every append this process begins.
+    /// Grows with every group of appends this process begins.
     writes: u64,
+    /// Grows with every group of appends this process sees end, committed or not.
+    done: u64,
     /// When this process last appended or read a stream: it takes the lease only when that
     /// was recently, and gives it up after a long while without.
     last_demand: Option<Instant>,
@@ -173,7 +177,10 @@ impl State {
         self.held.is_some_and(|held| now < held.trusted_until)
     }
 
+    /// Forgets every head, and makes what reads in flight find unrecordable: a read records
+    /// nothing under a generation other than the one it began in.
     fn forget_heads(&mut self) {
+        self.generation += 1;
         self.streams.retain(|_, stream| stream.writing > 0);
         for stream in self.streams.values_mut() {
             stream.head = None;
@@ -182,11 +189,13 @@ impl State {
 }
 
 /// Taken before a stream read is sent; the head the read finds is remembered only if the lease
-/// was held throughout and no append of this process to the stream began meanwhile.
+/// was held throughout and no append of this process to the stream was on the wire at any
+/// moment of the read: none began since, and none that began before ended since.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct ReadToken {
     generation: u64,
     writes: u64,
+    done: u64,
 }
 
 /// One store's side of the writer lease, shared by its clones.
@@ -239,6 +248,7 @@ impl WriterLease {
         state.trusted(Instant::now()).then_some(ReadToken {
             generation: state.generation,
             writes: state.writes,
+            done: state.done,
         })
     }
 
@@ -251,13 +261,18 @@ impl WriterLease {
         if state.generation != token.generation || state.held.is_none() {
             return;
         }
+        // A stream without an entry had no append since the token's generation began: entries
+        // are only dropped with a new generation, or while the lease is not held.
         if let Some(stream) = state.streams.get(stream_id) {
-            if stream.writing > 0 || stream.last_write > token.writes {
+            if stream.writing > 0
+                || stream.last_write > token.writes
+                || stream.last_done > token.done
+            {
                 return;
             }
-        }
-        if state.streams.len() >= MAX_HEADS && !state.streams.contains_key(stream_id) {
+        } else if state.streams.len() >= MAX_HEADS {
             state.forget_heads();
+            return;
         }
         state.streams.entry(stream_id.to_owned()).or_default().head = Some(head);
     }
@@ -267,6 +282,9 @@ impl WriterLease {
     pub(super) fn writing<'a>(&self, streams: impl Iterator<Item = &'a str>) {
         let mut state = self.state();
         state.last_demand = Some(Instant::now());
+        if state.streams.len() >= MAX_HEADS {
+            state.forget_heads();
+        }
         state.writes += 1;
         let sequence = state.writes;
         for stream_id in streams {
@@ -289,13 +307,18 @@ impl WriterLease {
         let mut state = self.state();
         let known =
             committed && held_epoch.is_some() && state.held.map(|held| held.epoch) == held_epoch;
+        // Without the lease no read is being recorded, so an idle entry can go.
+        let keep = state.held.is_some();
+        state.done += 1;
+        let sequence = state.done;
         for (stream_id, head) in heads {
             let Some(stream) = state.streams.get_mut(stream_id) else {
                 continue;
             };
             stream.writing = stream.writing.saturating_sub(1);
+            stream.last_done = sequence;
             stream.head = (known && stream.writing == 0).then_some(head);
-            if stream.writing == 0 && stream.head.is_none() {
+            if !keep && stream.writing == 0 {
                 state.streams.remove(stream_id);
             }
         }
@@ -303,7 +326,6 @@ impl WriterLease {
 
     fn took(&self, epoch: i64, trusted_until: Instant) {
         let mut state = self.state();
-        state.generation += 1;
         state.forget_heads();
         state.held = Some(Held {
             epoch,
@@ -324,7 +346,6 @@ impl WriterLease {
     fn give_up(&self) -> Option<i64> {
         let mut state = self.state();
         let held = state.held.take()?;
-        state.generation += 1;
         state.forget_heads();
         Some(held.epoch)
     }
@@ -346,27 +367,10 @@ impl WriterLease {
 
 /// Takes, renews and gives up the lease for as long as the store is open: stops when every
 /// clone of the store has been dropped.
-///
-/// While it holds the lease it also listens on [`WANTED_CHANNEL`] on a connection of its own,
-/// so that another process's wish is answered at once rather than at the next renewal; without
-/// that connection the renewal still finds the wish.
-pub(super) async fn keep(lease: Weak<WriterLease>, pool: Pool, config: tokio_postgres::Config) {
-    let mut listening: Option<Listening> = None;
+// LIMITATION: the holder finds another process's wish at its next renewal, so that process's first append waits up to RENEW_EVERY; listening for it instead made every commit signal the listener (PostgreSQL wakes all listeners of a database on any NOTIFY), which cost more than it saved.
+pub(super) async fn keep(lease: Weak<WriterLease>, pool: Pool) {
     loop {
-        let woken = match listening.as_mut() {
-            Some(listening) => tokio::select! {
-                note = listening.notes.recv() => note.is_some(),
-                () = tokio::time::sleep(RENEW_EVERY) => true,
-            },
-            None => {
-                tokio::time::sleep(RENEW_EVERY).await;
-                true
-            }
-        };
-        if !woken {
-            // The listening connection ended; the next holding opens another.
-            listening = None;
-        }
+        tokio::time::sleep(RENEW_EVERY).await;
         let Some(lease) = lease.upgrade() else {
             return;
         };
@@ -375,49 +379,6 @@ pub(super) async fn keep(lease: Weak<WriterLease>, pool: Pool, config: tokio_pos
             // PostgreSQL, which fails the same way.
             tracing::debug!(error = %err, "writer lease not renewed");
         }
-        match (lease.held_epoch().is_some(), listening.is_some()) {
-            (true, false) => listening = Listening::open(&config).await.ok(),
-            (false, true) => listening = None,
-            _ => {}
-        }
-    }
-}
-
-/// The notification channel on which a process waiting to append asks the holder to give the
-/// lease up.
-const WANTED_CHANNEL: &str = "onbehalf_lease_wanted";
-
-/// A connection of the holder's own, listening on [`WANTED_CHANNEL`]; closed when dropped.
-struct Listening {
-    notes: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-    driver: tokio::task::JoinHandle<()>,
-    _client: tokio_postgres::Client,
-}
-
-impl Listening {
-    async fn open(config: &tokio_postgres::Config) -> StoreResult<Listening> {
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(map_err)?;
-        let (notes, driver) = super::notifications(connection);
-        let listening = Listening {
-            notes,
-            driver,
-            _client: client,
-        };
-        listening
-            ._client
-            .batch_execute(&format!("LISTEN {WANTED_CHANNEL}"))
-            .await
-            .map_err(map_err)?;
-        Ok(listening)
-    }
-}
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        self.driver.abort();
     }
 }
 
@@ -522,13 +483,12 @@ pub(super) async fn wait_for_release(client: &Client, me: Uuid, seen: Seen) -> S
     let Some(holder) = seen.holder else {
         return Ok(());
     };
-    // The holder hears of the wish at once if it listens, and at its next renewal otherwise.
+    // The holder finds the wish at its next renewal.
     client
-        .query_opt(
+        .execute(
             "UPDATE event_head SET lease_wanted = true \
-             WHERE singleton AND lease_holder = $1 AND lease_epoch = $2 \
-             RETURNING pg_notify($3, lease_epoch::text)",
-            &[&holder, &seen.epoch, &WANTED_CHANNEL],
+             WHERE singleton AND lease_holder = $1 AND lease_epoch = $2",
+            &[&holder, &seen.epoch],
         )
         .await
         .map_err(map_err)?;
@@ -600,6 +560,24 @@ mod tests {
         lease.read_found(token, "client-account-a", 0);
         assert!(lease.unmoved("client-account-a", 2));
         assert!(!lease.unmoved("client-account-a", 0));
+    }
+
+    #[test]
+    fn a_read_sent_while_an_append_was_on_the_wire_is_not_remembered() {
+        let lease = WriterLease::new(true);
+        holding(&lease, 1);
+        lease.writing(["client-account-a"].into_iter());
+        // Sent while the append is on the wire: it may find the stream before the commit.
+        let token = lease.read_token();
+        lease.written([("client-account-a", 2)].into_iter(), true, Some(1));
+        lease.read_found(token, "client-account-a", 1);
+        assert!(lease.unmoved("client-account-a", 2));
+        assert!(!lease.unmoved("client-account-a", 1));
+
+        // A read sent after the commit was answered is remembered.
+        let token = lease.read_token();
+        lease.read_found(token, "client-account-b", 4);
+        assert!(lease.unmoved("client-account-b", 4));
     }
 
     #[test]
