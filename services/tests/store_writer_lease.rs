@@ -55,6 +55,29 @@ async fn until_held(store: &PostgresStore) {
     }
 }
 
+/// Opens a store on a runtime of its own, appends the account's first event, waits until the
+/// store holds the lease, then shuts the runtime down: the store's tasks stop without giving
+/// the lease up, as in a process that was killed.
+async fn holder_killed(db: &TestDatabase) {
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = PostgresStore::connect(&url).await.unwrap();
+            store.append(batch(ACCOUNT, 0, 1)).await.unwrap();
+            until_held(&store).await;
+            std::mem::forget(store);
+        });
+        runtime.shutdown_background();
+    })
+    .await
+    .unwrap();
+}
+
 /// Writes the stream's version `version` straight into the table, as a copy of its first event.
 async fn write_behind_the_stores(db: &TestDatabase, version: i64) {
     db.client()
@@ -189,14 +212,10 @@ async fn a_lease_left_by_a_process_that_died_lapses_and_the_next_append_clears_i
     let Some(db) = postgres_test_database().await else {
         return;
     };
-    let holder = open(&db).await;
-    holder.append(batch(ACCOUNT, 0, 1)).await.unwrap();
-    until_held(&holder).await;
+    holder_killed(&db).await;
     let (Some(_), epoch, _) = lease_row(&db).await else {
         panic!("the head row names no holder");
     };
-    // Dropped without giving the lease up, as a killed process leaves it.
-    drop(holder);
 
     let other = open(&db).await;
     let appended = other.append(batch(ACCOUNT, 1, 2)).await.unwrap();
@@ -216,11 +235,10 @@ async fn an_advance_that_ignores_the_lease_is_refused_while_it_is_live() {
     let Some(db) = postgres_test_database().await else {
         return;
     };
-    let holder = open(&db).await;
-    holder.append(batch(ACCOUNT, 0, 1)).await.unwrap();
-    until_held(&holder).await;
-
-    let (held_by, epoch, _) = lease_row(&db).await;
+    holder_killed(&db).await;
+    let (Some(_), epoch, _) = lease_row(&db).await else {
+        panic!("the head row names no holder");
+    };
 
     // What a build without the lease sends.
     let client = db.client().await.unwrap();
@@ -234,12 +252,12 @@ async fn an_advance_that_ignores_the_lease_is_refused_while_it_is_live() {
     client.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(versions(&client_reader(&db).await), [1]);
 
-    // Once the lease has lapsed, such an advance goes through and starts a quiet period.
-    drop(holder);
+    // Once the lease has lapsed, such an advance goes through, clears the lease (so that a
+    // renewal already on its way fails) and starts a quiet period.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     client.batch_execute(OLD_BUILD_APPEND).await.unwrap();
     assert_eq!(versions(&client_reader(&db).await), [1, 2]);
-    assert_eq!(lease_row(&db).await, (held_by, epoch, true));
+    assert_eq!(lease_row(&db).await, (None, epoch + 1, true));
     let last: Option<uuid::Uuid> = client
         .query_one("SELECT last_appender FROM event_head", &[])
         .await
@@ -271,7 +289,7 @@ async fn a_restarted_process_that_only_reads_takes_the_lease_once_the_log_is_qui
     drop(before);
 
     // The next process reads (checks permissions) but does not append; it takes the lease once
-    // the one before has lapsed and two seconds passed since the last append.
+    // the one before has given it up and two seconds passed since the last append.
     let after = open(&db).await;
     let started = Instant::now();
     assert_eq!(versions(&after.read_stream(ACCOUNT, 0).await.unwrap()), [1]);
@@ -288,5 +306,37 @@ async fn a_restarted_process_that_only_reads_takes_the_lease_once_the_log_is_qui
     );
 
     drop(after);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_closed_while_holding_the_lease_gives_it_up() {
+    let Some(db) = postgres_test_database().await else {
+        return;
+    };
+    let holder = open(&db).await;
+    holder.append(batch(ACCOUNT, 0, 1)).await.unwrap();
+    until_held(&holder).await;
+    let (Some(_), epoch, _) = lease_row(&db).await else {
+        panic!("the head row names no holder");
+    };
+    drop(holder);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lease_row(&db).await != (None, epoch + 1, false) {
+        assert!(Instant::now() < deadline, "the lease was not given up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Given up, not lapsed: it is still within the second the last renewal granted.
+    let live: bool = db
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT lease_expires_at > now() FROM event_head", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(live);
+
     db.drop_database().await.unwrap();
 }

@@ -63,8 +63,9 @@ const MAX_HEADS: usize = 100_000;
 ///
 /// `appended_by` is set by every advance of this build and cleared again by the trigger, so the
 /// trigger recognises an advance by an earlier build, which knows nothing of the lease: while a
-/// lease is live it refuses that advance, and otherwise starts a quiet period, so that no
-/// process takes the lease while such a build appends.
+/// lease is live it refuses that advance, and otherwise clears a lapsed lease (as this build's
+/// advance does) and starts a quiet period, so that no process takes the lease while such a
+/// build appends.
 pub(super) const MIGRATION: &str = r#"
 ALTER TABLE event_head
     ADD COLUMN lease_holder     uuid,
@@ -85,6 +86,10 @@ BEGIN
         NEW.last_appender := NULL;
         NEW.last_appended_at := now();
         NEW.quiet_until := now() + interval '10 seconds';
+        IF OLD.lease_holder IS NOT NULL THEN
+            NEW.lease_holder := NULL;
+            NEW.lease_epoch := OLD.lease_epoch + 1;
+        END IF;
     END IF;
     NEW.appended_by := NULL;
     RETURN NEW;
@@ -369,9 +374,17 @@ impl WriterLease {
 /// clone of the store has been dropped.
 // LIMITATION: the holder finds another process's wish at its next renewal, so that process's first append waits up to RENEW_EVERY; listening for it instead made every commit signal the listener (PostgreSQL wakes all listeners of a database on any NOTIFY), which cost more than it saved.
 pub(super) async fn keep(lease: Weak<WriterLease>, pool: Pool) {
+    let mut held: Option<(Uuid, i64)> = None;
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
         let Some(lease) = lease.upgrade() else {
+            // Nothing reads through the closed store any more: the next appender need not wait
+            // for the lease to lapse.
+            if let Some((me, epoch)) = held {
+                if let Ok(client) = pool.get().await {
+                    let _ = release(&client, me, epoch).await;
+                }
+            }
             return;
         };
         if let Err(err) = step(&lease, &pool).await {
@@ -379,6 +392,7 @@ pub(super) async fn keep(lease: Weak<WriterLease>, pool: Pool) {
             // PostgreSQL, which fails the same way.
             tracing::debug!(error = %err, "writer lease not renewed");
         }
+        held = lease.held_epoch().map(|epoch| (lease.me, epoch));
     }
 }
 
