@@ -12,30 +12,17 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use onbehalf::store::postgres::{CommitGate, PostgresStore};
-use onbehalf::store::{AppendBatch, Appended, EventAppender, EventReader, NewEvent};
+use onbehalf::store::{AppendBatch, Appended, EventAppender, EventReader};
 use onbehalf::testing::{postgres_test_database, TestDatabase};
-use onbehalf_events::{Actor, Metadata};
 use serde_json::json;
 use tokio::sync::oneshot;
 
+#[path = "support/counted.rs"]
+mod counted;
+
 fn batch(stream_id: &str, expected_version: u64, n: usize) -> AppendBatch {
-    AppendBatch {
-        stream_id: stream_id.to_owned(),
-        stream_type: "client_account".to_owned(),
-        expected_version,
-        occurred_at: DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap(),
-        events: vec![NewEvent::new(
-            "Counted",
-            "1",
-            json!({ "n": n }),
-            Metadata::new(Actor::System),
-        )],
-        reservations: Vec::new(),
-        releases: Vec::new(),
-        request: None,
-    }
+    counted::counted(stream_id, expected_version, json!({ "n": n }))
 }
 
 /// Ids a reader polling "id > last seen" has seen, in the order it saw them.

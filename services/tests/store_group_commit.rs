@@ -10,35 +10,22 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use onbehalf::store::keys::Seal;
 use onbehalf::store::postgres::{CommitGate, PostgresStore};
 use onbehalf::store::{
-    verify_chain, AppendBatch, Appended, ChainReport, EventAppender, EventReader, NewEvent,
-    RequestRecord, Reservation, StoreError, StoreResult,
+    verify_chain, AppendBatch, Appended, ChainReport, EventAppender, EventReader, RequestRecord,
+    Reservation, StoreError, StoreResult,
 };
 use onbehalf::testing::postgres_test_database;
-use onbehalf_events::{Actor, Metadata};
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+#[path = "support/counted.rs"]
+mod counted;
+
 fn batch(stream_id: &str, expected_version: u64) -> AppendBatch {
-    AppendBatch {
-        stream_id: stream_id.to_owned(),
-        stream_type: "client_account".to_owned(),
-        expected_version,
-        occurred_at: DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap(),
-        events: vec![NewEvent::new(
-            "Counted",
-            "1",
-            json!({ "stream": stream_id }),
-            Metadata::new(Actor::System),
-        )],
-        reservations: Vec::new(),
-        releases: Vec::new(),
-        request: None,
-    }
+    counted::counted(stream_id, expected_version, json!({ "stream": stream_id }))
 }
 
 fn with_request(mut batch: AppendBatch, request_id: &str) -> AppendBatch {

@@ -10,31 +10,19 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use onbehalf::store::postgres::PostgresStore;
-use onbehalf::store::{AppendBatch, EventAppender, EventReader, NewEvent};
+use onbehalf::store::{AppendBatch, EventAppender, EventReader};
 use onbehalf::testing::{postgres_test_database, TestDatabase};
-use onbehalf_events::{Actor, Metadata, StoredEvent};
+use onbehalf_events::StoredEvent;
 use serde_json::json;
 
 const ACCOUNT: &str = "client-account-5f0c";
 
+#[path = "support/counted.rs"]
+mod counted;
+
 fn batch(stream_id: &str, expected_version: u64, n: u64) -> AppendBatch {
-    AppendBatch {
-        stream_id: stream_id.to_owned(),
-        stream_type: "client_account".to_owned(),
-        expected_version,
-        occurred_at: DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap(),
-        events: vec![NewEvent::new(
-            "Counted",
-            "1",
-            json!({ "n": n }),
-            Metadata::new(Actor::System),
-        )],
-        reservations: Vec::new(),
-        releases: Vec::new(),
-        request: None,
-    }
+    counted::counted(stream_id, expected_version, json!({ "n": n }))
 }
 
 fn versions(events: &[StoredEvent]) -> Vec<u64> {
