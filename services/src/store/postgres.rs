@@ -252,7 +252,7 @@ impl PostgresStore {
             call_timeout: options.call_timeout,
             committer: Arc::default(),
             tails: Arc::default(),
-            lease: Arc::new(lease::WriterLease::new(options.writer_lease)),
+            lease: Arc::new(lease::WriterLease::new()),
         };
         store.migrate().await?;
         if options.writer_lease {
@@ -591,11 +591,10 @@ impl EventReader for PostgresStore {
     ) -> StoreResult<Vec<StoredEvent>> {
         // Nothing can have been appended that this process does not know of while it holds the
         // writer lease (see `lease.rs`).
-        self.lease.demand();
-        if self.lease.unmoved(stream_id, after_version) {
-            return Ok(Vec::new());
-        }
-        let token = self.lease.read_token();
+        let token = match self.lease.begin_read(stream_id, after_version) {
+            lease::ReadStart::Unmoved => return Ok(Vec::new()),
+            lease::ReadStart::Send(token) => token,
+        };
         // Reads asked for together are answered by one statement (see `tails.rs`).
         let events = self
             .bounded(

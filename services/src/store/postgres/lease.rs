@@ -208,15 +208,23 @@ pub(super) struct ReadToken {
 pub(super) struct WriterLease {
     /// This store's id as an appender; new for every store opened.
     me: Uuid,
-    enabled: bool,
     state: Mutex<State>,
 }
 
+/// How a stream read begins: answered from memory, or sent to PostgreSQL with the token that
+/// decides whether what it finds may be remembered.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum ReadStart {
+    /// The stream has no event after the version asked for.
+    Unmoved,
+    /// The read must be sent; `None` when the lease is not held.
+    Send(Option<ReadToken>),
+}
+
 impl WriterLease {
-    pub(super) fn new(enabled: bool) -> Self {
+    pub(super) fn new() -> Self {
         Self {
             me: Uuid::new_v4(),
-            enabled,
             state: Mutex::default(),
         }
     }
@@ -235,26 +243,29 @@ impl WriterLease {
         self.state().trusted(Instant::now())
     }
 
-    /// Whether the stream is known to have no event after `after_version`: the lease is held
-    /// and trusted, no append of this process to the stream is on the wire, and its head is
-    /// known to be exactly `after_version`.
-    pub(super) fn unmoved(&self, stream_id: &str, after_version: u64) -> bool {
-        let state = self.state();
-        state.trusted(Instant::now())
-            && state
-                .streams
-                .get(stream_id)
-                .is_some_and(|s| s.writing == 0 && s.head == Some(after_version))
-    }
-
-    /// Taken before a stream read is sent; `None` when the lease is not held.
-    pub(super) fn read_token(&self) -> Option<ReadToken> {
-        let state = self.state();
-        state.trusted(Instant::now()).then_some(ReadToken {
+    /// Begins a read of the stream's events after `after_version`, noting the demand for the
+    /// lease: [`ReadStart::Unmoved`] when the lease is held and trusted, no append of this
+    /// process to the stream is on the wire, and its head is known to be exactly
+    /// `after_version`.
+    pub(super) fn begin_read(&self, stream_id: &str, after_version: u64) -> ReadStart {
+        let mut state = self.state();
+        let now = Instant::now();
+        state.last_demand = Some(now);
+        if !state.trusted(now) {
+            return ReadStart::Send(None);
+        }
+        let unmoved = state
+            .streams
+            .get(stream_id)
+            .is_some_and(|s| s.writing == 0 && s.head == Some(after_version));
+        if unmoved {
+            return ReadStart::Unmoved;
+        }
+        ReadStart::Send(Some(ReadToken {
             generation: state.generation,
             writes: state.writes,
             done: state.done,
-        })
+        }))
     }
 
     /// Remembers `head` as the stream's last version, found by a read that began with `token`.
@@ -359,11 +370,6 @@ impl WriterLease {
         self.state().held.map(|held| held.epoch)
     }
 
-    /// Notes that the process reads a stream, a use the lease serves.
-    pub(super) fn demand(&self) {
-        self.state().last_demand = Some(Instant::now());
-    }
-
     /// How long ago the process last appended or read a stream.
     fn idle(&self) -> Option<Duration> {
         self.state().last_demand.map(|at| at.elapsed())
@@ -397,9 +403,6 @@ pub(super) async fn keep(lease: Weak<WriterLease>, pool: Pool) {
 }
 
 async fn step(lease: &WriterLease, pool: &Pool) -> StoreResult<()> {
-    if !lease.enabled {
-        return Ok(());
-    }
     let idle = lease.idle();
     match lease.held_epoch() {
         Some(epoch) if idle.is_none_or(|idle| idle > GIVE_UP_AFTER) => {
@@ -542,9 +545,26 @@ mod tests {
         lease.took(epoch, Instant::now() + Duration::from_secs(60));
     }
 
+    impl WriterLease {
+        fn unmoved(&self, stream_id: &str, after_version: u64) -> bool {
+            matches!(
+                self.begin_read(stream_id, after_version),
+                ReadStart::Unmoved
+            )
+        }
+
+        /// The token a read would be sent with: no stream's head is ever `u64::MAX`.
+        fn read_token(&self) -> Option<ReadToken> {
+            match self.begin_read("", u64::MAX) {
+                ReadStart::Send(token) => token,
+                ReadStart::Unmoved => None,
+            }
+        }
+    }
+
     #[test]
     fn a_head_is_answered_only_while_the_lease_is_held_and_trusted() {
-        let lease = WriterLease::new(true);
+        let lease = WriterLease::new();
         let token = lease.read_token();
         assert!(token.is_none());
         lease.read_found(token, "client-account-a", 3);
@@ -563,7 +583,7 @@ mod tests {
 
     #[test]
     fn a_read_that_overlapped_an_append_to_its_stream_is_not_remembered() {
-        let lease = WriterLease::new(true);
+        let lease = WriterLease::new();
         holding(&lease, 1);
         let token = lease.read_token();
         lease.writing(["client-account-a"].into_iter());
@@ -578,7 +598,7 @@ mod tests {
 
     #[test]
     fn a_read_sent_while_an_append_was_on_the_wire_is_not_remembered() {
-        let lease = WriterLease::new(true);
+        let lease = WriterLease::new();
         holding(&lease, 1);
         lease.writing(["client-account-a"].into_iter());
         // Sent while the append is on the wire: it may find the stream before the commit.
@@ -596,7 +616,7 @@ mod tests {
 
     #[test]
     fn an_append_outside_the_held_epoch_leaves_its_stream_unknown() {
-        let lease = WriterLease::new(true);
+        let lease = WriterLease::new();
         holding(&lease, 4);
         lease.writing(["client-account-a", "user-b"].into_iter());
         lease.written(
@@ -614,7 +634,7 @@ mod tests {
 
     #[test]
     fn giving_the_lease_up_forgets_every_head_learned_under_it() {
-        let lease = WriterLease::new(true);
+        let lease = WriterLease::new();
         holding(&lease, 2);
         let token = lease.read_token();
         lease.read_found(token, "client-account-a", 9);
