@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub mod chain;
+mod heads;
 pub mod keys;
 pub mod postgres;
 pub mod sqlite;

@@ -25,6 +25,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
+use super::heads;
 use super::{
     AppendBatch, Appended, EventAppender, EventReader, RequestLog, RequestOutcome,
     ReservationLookup, StoreError, StoreResult,
@@ -267,7 +268,7 @@ impl PostgresStore {
     /// Whether this store holds the writer lease and trusts it now: reads of streams whose head
     /// it knows are then answered from memory.
     pub fn holds_writer_lease(&self) -> bool {
-        self.lease.is_held()
+        self.lease.heads.is_held()
     }
 
     /// The schema version the database is at.
@@ -591,9 +592,9 @@ impl EventReader for PostgresStore {
     ) -> StoreResult<Vec<StoredEvent>> {
         // Nothing can have been appended that this process does not know of while it holds the
         // writer lease (see `lease.rs`).
-        let token = match self.lease.begin_read(stream_id, after_version) {
-            lease::ReadStart::Unmoved => return Ok(Vec::new()),
-            lease::ReadStart::Send(token) => token,
+        let token = match self.lease.heads.begin_read(stream_id, after_version) {
+            heads::ReadStart::Unmoved => return Ok(Vec::new()),
+            heads::ReadStart::Send(token) => token,
         };
         // Reads asked for together are answered by one statement (see `tails.rs`).
         let events = self
@@ -603,7 +604,7 @@ impl EventReader for PostgresStore {
             )
             .await?;
         let head = events.last().map_or(after_version, |e| e.version);
-        self.lease.read_found(token, stream_id, head);
+        self.lease.heads.read_found(token, stream_id, head);
         Ok(events)
     }
 

@@ -457,7 +457,7 @@ async fn commit_read<'a>(
         let head = heads.entry(stream_id.as_str()).or_default();
         *head = (*head).max(version);
     }
-    lease.writing(heads.keys().copied());
+    lease.heads.writing(heads.keys().copied());
     let me = lease.me();
     // The writes touch different rows and tables, and each sends its statements when first
     // polled: all of them are on the wire after one poll, and cost one round trip together.
@@ -532,7 +532,9 @@ async fn commit_read<'a>(
         notified?;
         committed.map_err(map_err)
     })();
-    lease.written(heads.into_iter(), landed.is_ok(), held_epoch);
+    lease
+        .heads
+        .written(heads.into_iter(), landed.is_ok(), held_epoch);
     match landed {
         Ok(()) => {
             if chained.is_none() {

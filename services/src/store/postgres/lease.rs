@@ -28,19 +28,17 @@
 //!   back and forth.
 //!
 //! While it holds the lease the process knows each stream's head version from its own reads
-//! and appends: a read sent after the lease was taken saw everything committed before it, and
-//! nothing else can commit until the lease is released. A stream whose append is on the wire is
-//! not known until the commit is answered. `docs/decisions/0011-writer-lease.md` records why and
-//! what it costs.
+//! and appends (`heads.rs`). `docs/decisions/0011-writer-lease.md` records why and what it
+//! costs.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Client, Pool};
 use uuid::Uuid;
 
 use super::{map_err, map_pool_err};
+use crate::store::heads::KnownHeads;
 use crate::store::{StoreError, StoreResult};
 
 /// How long a lease lasts after PostgreSQL granted or renewed it.
@@ -56,8 +54,6 @@ const TAKE_WITHIN: Duration = Duration::from_secs(10);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 /// How long a group waits for another process to give up its lease before failing.
 const WAIT_AT_MOST: Duration = Duration::from_secs(5);
-/// The most stream heads remembered at once; the memory is cleared when it fills.
-const MAX_HEADS: usize = 100_000;
 
 /// The schema step that adds the lease to the head row.
 ///
@@ -140,239 +136,26 @@ impl Seen {
     }
 }
 
-/// The lease held by this process: its epoch and until when it is trusted.
-#[derive(Clone, Copy, Debug)]
-struct Held {
-    epoch: i64,
-    trusted_until: Instant,
-}
-
-/// What this process knows of one stream while it holds the lease.
-#[derive(Debug, Default)]
-struct Stream {
-    /// The stream's last version, when known to be the latest committed.
-    head: Option<u64>,
-    /// How many of this process's appends to the stream are on the wire.
-    writing: u32,
-    /// The sequence number of the last append to the stream this process began.
-    last_write: u64,
-    /// The sequence number of the last of those appends to end.
-    last_done: u64,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    held: Option<Held>,
-    /// Grows whenever the lease is taken or given up, so that what was learned under one
-    /// holding is never recorded under another.
-    generation: u64,
-    /// Grows with every group of appends this process begins.
-    writes: u64,
-    /// Grows with every group of appends this process sees end, committed or not.
-    done: u64,
-    /// When this process last appended or read a stream: it takes the lease only when that
-    /// was recently, and gives it up after a long while without.
-    last_demand: Option<Instant>,
-    streams: HashMap<String, Stream>,
-}
-
-impl State {
-    // LIMITATION: trust is measured on `Instant`, which stops while the host is suspended, and against PostgreSQL's wall clock, which a step forward of more than MARGIN makes lapse early.
-    fn trusted(&self, now: Instant) -> bool {
-        self.held.is_some_and(|held| now < held.trusted_until)
-    }
-
-    /// Forgets every head, and makes what reads in flight find unrecordable: a read records
-    /// nothing under a generation other than the one it began in.
-    fn forget_heads(&mut self) {
-        self.generation += 1;
-        self.streams.retain(|_, stream| stream.writing > 0);
-        for stream in self.streams.values_mut() {
-            stream.head = None;
-        }
-    }
-}
-
-/// Taken before a stream read is sent; the head the read finds is remembered only if the lease
-/// was held throughout and no append of this process to the stream was on the wire at any
-/// moment of the read: none began since, and none that began before ended since.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct ReadToken {
-    generation: u64,
-    writes: u64,
-    done: u64,
-}
-
 /// One store's side of the writer lease, shared by its clones.
 #[derive(Debug)]
 pub(super) struct WriterLease {
     /// This store's id as an appender; new for every store opened.
     me: Uuid,
-    state: Mutex<State>,
-}
-
-/// How a stream read begins: answered from memory, or sent to PostgreSQL with the token that
-/// decides whether what it finds may be remembered.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum ReadStart {
-    /// The stream has no event after the version asked for.
-    Unmoved,
-    /// The read must be sent; `None` when the lease is not held.
-    Send(Option<ReadToken>),
+    /// What the store knows of stream heads while it holds the lease.
+    pub(super) heads: KnownHeads,
 }
 
 impl WriterLease {
     pub(super) fn new() -> Self {
         Self {
             me: Uuid::new_v4(),
-            state: Mutex::default(),
+            heads: KnownHeads::default(),
         }
     }
 
     /// This store's id as an appender.
     pub(super) fn me(&self) -> Uuid {
         self.me
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether this process holds a lease it still trusts.
-    pub(super) fn is_held(&self) -> bool {
-        self.state().trusted(Instant::now())
-    }
-
-    /// Begins a read of the stream's events after `after_version`, noting the demand for the
-    /// lease: [`ReadStart::Unmoved`] when the lease is held and trusted, no append of this
-    /// process to the stream is on the wire, and its head is known to be exactly
-    /// `after_version`.
-    pub(super) fn begin_read(&self, stream_id: &str, after_version: u64) -> ReadStart {
-        let mut state = self.state();
-        let now = Instant::now();
-        state.last_demand = Some(now);
-        if !state.trusted(now) {
-            return ReadStart::Send(None);
-        }
-        let unmoved = state
-            .streams
-            .get(stream_id)
-            .is_some_and(|s| s.writing == 0 && s.head == Some(after_version));
-        if unmoved {
-            return ReadStart::Unmoved;
-        }
-        ReadStart::Send(Some(ReadToken {
-            generation: state.generation,
-            writes: state.writes,
-            done: state.done,
-        }))
-    }
-
-    /// Remembers `head` as the stream's last version, found by a read that began with `token`.
-    pub(super) fn read_found(&self, token: Option<ReadToken>, stream_id: &str, head: u64) {
-        let Some(token) = token else {
-            return;
-        };
-        let mut state = self.state();
-        if state.generation != token.generation || state.held.is_none() {
-            return;
-        }
-        // A stream without an entry had no append since the token's generation began: entries
-        // are only dropped with a new generation, or while the lease is not held.
-        if let Some(stream) = state.streams.get(stream_id) {
-            if stream.writing > 0
-                || stream.last_write > token.writes
-                || stream.last_done > token.done
-            {
-                return;
-            }
-        } else if state.streams.len() >= MAX_HEADS {
-            state.forget_heads();
-            return;
-        }
-        state.streams.entry(stream_id.to_owned()).or_default().head = Some(head);
-    }
-
-    /// Marks the streams of a group's accepted appends as being written: none of them is
-    /// answered from memory until [`Self::written`].
-    pub(super) fn writing<'a>(&self, streams: impl Iterator<Item = &'a str>) {
-        let mut state = self.state();
-        state.last_demand = Some(Instant::now());
-        if state.streams.len() >= MAX_HEADS {
-            state.forget_heads();
-        }
-        state.writes += 1;
-        let sequence = state.writes;
-        for stream_id in streams {
-            let stream = state.streams.entry(stream_id.to_owned()).or_default();
-            stream.writing += 1;
-            stream.last_write = sequence;
-            stream.head = None;
-        }
-    }
-
-    /// Ends what [`Self::writing`] began. When the group committed under the lease this process
-    /// still holds in the same epoch, each stream's head is its new last version; otherwise it
-    /// is not known.
-    pub(super) fn written<'a>(
-        &self,
-        heads: impl Iterator<Item = (&'a str, u64)>,
-        committed: bool,
-        held_epoch: Option<i64>,
-    ) {
-        let mut state = self.state();
-        let known =
-            committed && held_epoch.is_some() && state.held.map(|held| held.epoch) == held_epoch;
-        // Without the lease no read is being recorded, so an idle entry can go.
-        let keep = state.held.is_some();
-        state.done += 1;
-        let sequence = state.done;
-        for (stream_id, head) in heads {
-            let Some(stream) = state.streams.get_mut(stream_id) else {
-                continue;
-            };
-            stream.writing = stream.writing.saturating_sub(1);
-            stream.last_done = sequence;
-            stream.head = (known && stream.writing == 0).then_some(head);
-            if !keep && stream.writing == 0 {
-                state.streams.remove(stream_id);
-            }
-        }
-    }
-
-    fn took(&self, epoch: i64, trusted_until: Instant) {
-        let mut state = self.state();
-        state.forget_heads();
-        state.held = Some(Held {
-            epoch,
-            trusted_until,
-        });
-    }
-
-    fn renewed(&self, epoch: i64, trusted_until: Instant) {
-        let mut state = self.state();
-        if let Some(held) = state.held.as_mut() {
-            if held.epoch == epoch {
-                held.trusted_until = trusted_until;
-            }
-        }
-    }
-
-    /// Stops answering from memory; returns the epoch that was held.
-    fn give_up(&self) -> Option<i64> {
-        let mut state = self.state();
-        let held = state.held.take()?;
-        state.forget_heads();
-        Some(held.epoch)
-    }
-
-    fn held_epoch(&self) -> Option<i64> {
-        self.state().held.map(|held| held.epoch)
-    }
-
-    /// How long ago the process last appended or read a stream.
-    fn idle(&self) -> Option<Duration> {
-        self.state().last_demand.map(|at| at.elapsed())
     }
 }
 
@@ -398,15 +181,15 @@ pub(super) async fn keep(lease: Weak<WriterLease>, pool: Pool) {
             // PostgreSQL, which fails the same way.
             tracing::debug!(error = %err, "writer lease not renewed");
         }
-        held = lease.held_epoch().map(|epoch| (lease.me, epoch));
+        held = lease.heads.held_epoch().map(|epoch| (lease.me, epoch));
     }
 }
 
 async fn step(lease: &WriterLease, pool: &Pool) -> StoreResult<()> {
-    let idle = lease.idle();
-    match lease.held_epoch() {
+    let idle = lease.heads.idle();
+    match lease.heads.held_epoch() {
         Some(epoch) if idle.is_none_or(|idle| idle > GIVE_UP_AFTER) => {
-            lease.give_up();
+            lease.heads.give_up();
             let client = pool.get().await.map_err(map_pool_err)?;
             release(&client, lease.me, epoch).await?;
             tracing::info!(
@@ -438,7 +221,8 @@ async fn take(lease: &WriterLease, pool: &Pool) -> StoreResult<()> {
         .map_err(map_err)?;
     if let Some(row) = row {
         let epoch: i64 = row.try_get(0).map_err(super::corrupt)?;
-        lease.took(epoch, sent + TERM - MARGIN);
+        // LIMITATION: trust is measured on `Instant`, which stops while the host is suspended, and against PostgreSQL's wall clock, which a step forward of more than MARGIN makes lapse early.
+        lease.heads.took(epoch, Some(sent + TERM - MARGIN));
         tracing::info!(
             epoch,
             "writer lease taken: stream heads answered from memory"
@@ -462,17 +246,17 @@ async fn renew(lease: &WriterLease, pool: &Pool, epoch: i64) -> StoreResult<()> 
         .map_err(map_err)?;
     let Some(row) = row else {
         // Lapsed, and cleared by another process's append.
-        lease.give_up();
+        lease.heads.give_up();
         tracing::info!(epoch, "writer lease lost");
         return Ok(());
     };
     let wanted: bool = row.try_get(0).map_err(super::corrupt)?;
     if !wanted {
-        lease.renewed(epoch, sent + TERM - MARGIN);
+        lease.heads.renewed(epoch, sent + TERM - MARGIN);
         return Ok(());
     }
     // Memory stops answering before the database lets another process append.
-    lease.give_up();
+    lease.heads.give_up();
     release(&client, lease.me, epoch).await?;
     tracing::info!(epoch, "writer lease given up: another process appends");
     Ok(())
@@ -540,113 +324,6 @@ pub(super) async fn wait_for_release(client: &Client, me: Uuid, seen: Seen) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn holding(lease: &WriterLease, epoch: i64) {
-        lease.took(epoch, Instant::now() + Duration::from_secs(60));
-    }
-
-    impl WriterLease {
-        fn unmoved(&self, stream_id: &str, after_version: u64) -> bool {
-            matches!(
-                self.begin_read(stream_id, after_version),
-                ReadStart::Unmoved
-            )
-        }
-
-        /// The token a read would be sent with: no stream's head is ever `u64::MAX`.
-        fn read_token(&self) -> Option<ReadToken> {
-            match self.begin_read("", u64::MAX) {
-                ReadStart::Send(token) => token,
-                ReadStart::Unmoved => None,
-            }
-        }
-    }
-
-    #[test]
-    fn a_head_is_answered_only_while_the_lease_is_held_and_trusted() {
-        let lease = WriterLease::new();
-        let token = lease.read_token();
-        assert!(token.is_none());
-        lease.read_found(token, "client-account-a", 3);
-        assert!(!lease.unmoved("client-account-a", 3));
-
-        holding(&lease, 7);
-        let token = lease.read_token();
-        lease.read_found(token, "client-account-a", 3);
-        assert!(lease.unmoved("client-account-a", 3));
-        assert!(!lease.unmoved("client-account-a", 2));
-        assert!(!lease.unmoved("client-account-b", 3));
-
-        lease.took(8, Instant::now() - Duration::from_millis(1));
-        assert!(!lease.unmoved("client-account-a", 3));
-    }
-
-    #[test]
-    fn a_read_that_overlapped_an_append_to_its_stream_is_not_remembered() {
-        let lease = WriterLease::new();
-        holding(&lease, 1);
-        let token = lease.read_token();
-        lease.writing(["client-account-a"].into_iter());
-        assert!(!lease.unmoved("client-account-a", 0));
-        lease.written([("client-account-a", 2)].into_iter(), true, Some(1));
-        assert!(lease.unmoved("client-account-a", 2));
-        // The read was sent before the append began: what it found is older than the append.
-        lease.read_found(token, "client-account-a", 0);
-        assert!(lease.unmoved("client-account-a", 2));
-        assert!(!lease.unmoved("client-account-a", 0));
-    }
-
-    #[test]
-    fn a_read_sent_while_an_append_was_on_the_wire_is_not_remembered() {
-        let lease = WriterLease::new();
-        holding(&lease, 1);
-        lease.writing(["client-account-a"].into_iter());
-        // Sent while the append is on the wire: it may find the stream before the commit.
-        let token = lease.read_token();
-        lease.written([("client-account-a", 2)].into_iter(), true, Some(1));
-        lease.read_found(token, "client-account-a", 1);
-        assert!(lease.unmoved("client-account-a", 2));
-        assert!(!lease.unmoved("client-account-a", 1));
-
-        // A read sent after the commit was answered is remembered.
-        let token = lease.read_token();
-        lease.read_found(token, "client-account-b", 4);
-        assert!(lease.unmoved("client-account-b", 4));
-    }
-
-    #[test]
-    fn an_append_outside_the_held_epoch_leaves_its_stream_unknown() {
-        let lease = WriterLease::new();
-        holding(&lease, 4);
-        lease.writing(["client-account-a", "user-b"].into_iter());
-        lease.written(
-            [("client-account-a", 5), ("user-b", 1)].into_iter(),
-            true,
-            Some(3),
-        );
-        assert!(!lease.unmoved("client-account-a", 5));
-        assert!(!lease.unmoved("user-b", 1));
-
-        lease.writing(["client-account-a"].into_iter());
-        lease.written([("client-account-a", 6)].into_iter(), false, Some(4));
-        assert!(!lease.unmoved("client-account-a", 6));
-    }
-
-    #[test]
-    fn giving_the_lease_up_forgets_every_head_learned_under_it() {
-        let lease = WriterLease::new();
-        holding(&lease, 2);
-        let token = lease.read_token();
-        lease.read_found(token, "client-account-a", 9);
-        assert_eq!(lease.give_up(), Some(2));
-        assert!(!lease.unmoved("client-account-a", 9));
-
-        holding(&lease, 4);
-        assert!(!lease.unmoved("client-account-a", 9));
-        // A read begun under the earlier holding finds nothing to remember under this one.
-        lease.read_found(token, "client-account-a", 9);
-        assert!(!lease.unmoved("client-account-a", 9));
-    }
 
     #[test]
     fn a_lease_is_blocking_only_while_live_and_held_by_another() {
