@@ -259,7 +259,7 @@ async fn latency_tables(args: &LatencyArgs) -> Result<(), BenchError> {
             r.check.p99_us / r.noop.p99_us.max(f64::MIN_POSITIVE),
             thousands(r.noop.calls as f64),
             thousands(r.check.calls as f64),
-            r.read.as_ref().map_or_else(String::new, |q| ms(q)),
+            r.read.as_ref().map_or_else(String::new, ms),
         );
     }
     println!();

@@ -814,7 +814,7 @@ async fn sqlite_data_survives_reopening_the_store() {
     };
 
     let store = SqliteStore::open(dir.path()).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     assert_eq!(all(&store).await, written);
     assert_eq!(store.head_position().await.unwrap(), 2);
     assert_eq!(
@@ -849,7 +849,7 @@ async fn sqlite_creates_the_data_directory_and_its_database_file() {
     let store = SqliteStore::open(&nested).await.unwrap();
     assert_eq!(store.path(), nested.join("events.db"));
     assert!(nested.join("events.db").is_file());
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
 }
 
 #[tokio::test]

@@ -9,6 +9,9 @@
 //! transaction, so that a row removed from or added to the end of `events` by hand shows against
 //! it. Each event's link of the hash chain is computed in the same transaction, from the head
 //! event's stored hash.
+//!
+//! While no other process appends to the file, the store holds the embedded writer lease
+//! (`sqlite/lease.rs`) and answers a read of a stream it knows has not moved from memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -17,6 +20,9 @@ use chrono::{DateTime, Utc};
 use onbehalf_events::{Metadata, StoredEvent};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
+mod lease;
+
+use super::heads::ReadStart;
 use super::{
     AppendBatch, Appended, EventAppender, EventReader, RequestLog, RequestOutcome,
     ReservationLookup, StoreError, StoreResult,
@@ -71,6 +77,7 @@ CREATE TABLE event_head (
 INSERT INTO event_head (singleton, position) SELECT 1, COALESCE(MAX(position), 0) FROM events;
 "#,
     super::keys::sqlite::MIGRATION,
+    lease::MIGRATION,
 ];
 
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_type, version, occurred_at, \
@@ -88,11 +95,41 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    /// Every append, and every lock of the writer lease's file, is made holding it.
     writer: Mutex<Connection>,
     // LIMITATION: all reads share one connection, so concurrent reads queue behind each other.
     reader: Mutex<Connection>,
     /// Stream reads waiting for the reader; see [`SqliteStore::read_stream`].
     tails: Mutex<Tails>,
+    /// The embedded writer lease, honoured by every store and taken only by those opened with
+    /// it.
+    lease: lease::FileLease,
+}
+
+/// How an [`SqliteStore`] is opened.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// Whether the store takes the embedded writer lease when it is the only process appending,
+    /// and then answers "has this stream moved?" from memory
+    /// (`docs/decisions/0012-embedded-writer-lease.md`). A store without it still honours
+    /// another store's lease: its appends wait until the holder gives it up.
+    pub writer_lease: bool,
+}
+
+impl Default for SqliteOptions {
+    /// The writer lease on.
+    fn default() -> Self {
+        Self { writer_lease: true }
+    }
+}
+
+impl SqliteOptions {
+    /// These options with the writer lease on or off.
+    pub fn writer_lease(mut self, on: bool) -> Self {
+        self.writer_lease = on;
+        self
+    }
 }
 
 /// Stream reads queued while the reader is busy with others, answered together.
@@ -123,17 +160,28 @@ impl SqliteStore {
     /// The database runs in WAL mode with `synchronous=FULL`: an append that returned is on disk.
     /// Opening an up-to-date database changes nothing, so several opens are harmless.
     pub async fn open(data_dir: &Path) -> StoreResult<SqliteStore> {
-        let data_dir = data_dir.to_path_buf();
-        run_blocking(move || Self::open_blocking(&data_dir)).await
+        Self::open_with(data_dir, SqliteOptions::default()).await
     }
 
-    fn open_blocking(data_dir: &Path) -> StoreResult<SqliteStore> {
+    /// [`SqliteStore::open`] with `options`.
+    pub async fn open_with(data_dir: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
+        let data_dir = data_dir.to_path_buf();
+        let store = run_blocking(move || Self::open_blocking(&data_dir, options)).await?;
+        if options.writer_lease {
+            tokio::spawn(lease::keep(Arc::downgrade(&store.inner)));
+        }
+        Ok(store)
+    }
+
+    fn open_blocking(data_dir: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let path = data_dir.join(DATABASE_FILE);
 
         let mut writer = connect(&path)?;
         migrate(&mut writer)?;
         let reader = connect(&path)?;
+        // Every store honours the lease's locks; only one opened with the lease takes it.
+        let lease = lease::FileLease::open(&path, options.writer_lease)?;
 
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -141,8 +189,15 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
                 tails: Mutex::default(),
+                lease,
             }),
         })
+    }
+
+    /// Whether this store holds the embedded writer lease: reads of streams whose head it
+    /// knows are answered from memory.
+    pub fn holds_writer_lease(&self) -> bool {
+        self.inner.lease.heads.is_held()
     }
 
     /// The path of the database file.
@@ -170,13 +225,48 @@ impl SqliteStore {
         run_blocking(move || f(&lock(&inner.reader))).await
     }
 
-    async fn with_writer<T, F>(&self, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
-    {
-        let inner = Arc::clone(&self.inner);
-        run_blocking(move || f(&mut lock(&inner.writer))).await
+    /// Reads the stream's events after `after_version` from the database.
+    async fn send_stream_read(
+        &self,
+        stream_id: &str,
+        after_version: u64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        // A read after a state this process has folded usually finds nothing, or the few
+        // events its own appends just wrote: when no read waits and the reader is free, the
+        // caller makes it at once, since handing it to a blocking thread and back costs more
+        // than the read. A read from the stream's start may be long and always goes to the
+        // blocking pool.
+        // LIMITATION: a read that meets SQLITE_BUSY (a WAL file being recovered by another process) waits out the busy timeout on an async worker.
+        if after_version > 0 && self.reader_is_idle() {
+            let conn = match self.inner.reader.try_lock() {
+                Ok(conn) => Some(conn),
+                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(conn) = conn {
+                return read_tail(&conn, stream_id, after_version);
+            }
+        }
+
+        // One blocking task answers every read queued while it runs, under one hold of the
+        // reader, instead of a task and a lock per read.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut tails = lock(&self.inner.tails);
+            tails.pending.push(TailRead {
+                stream_id: stream_id.to_owned(),
+                after_version,
+                answer,
+            });
+            !std::mem::replace(&mut tails.running, true)
+        };
+        if start {
+            let inner = Arc::clone(&self.inner);
+            tokio::task::spawn_blocking(move || answer_tails(&inner));
+        }
+        answered.await.map_err(|_| {
+            StoreError::Unavailable("the read was dropped before it was answered".into())
+        })?
     }
 }
 
@@ -607,7 +697,7 @@ fn append_blocking(conn: &mut Connection, mut batch: AppendBatch) -> StoreResult
         .map_err(map_err)?;
     }
 
-    tx.prepare_cached("UPDATE event_head SET position = ?1 WHERE singleton = 1")
+    tx.prepare_cached(lease::ADVANCE_HEAD)
         .map_err(map_err)?
         .execute(params![to_sql_int(position)])
         .map_err(map_err)?;
@@ -641,42 +731,17 @@ impl EventReader for SqliteStore {
         stream_id: &str,
         after_version: u64,
     ) -> StoreResult<Vec<StoredEvent>> {
-        // A read after a state this process has folded usually finds nothing, or the few
-        // events its own appends just wrote: when no read waits and the reader is free, the
-        // caller makes it at once, since handing it to a blocking thread and back costs more
-        // than the read. A read from the stream's start may be long and always goes to the
-        // blocking pool.
-        // LIMITATION: a read that meets SQLITE_BUSY (a WAL file being recovered by another process) waits out the busy timeout on an async worker.
-        if after_version > 0 && self.reader_is_idle() {
-            let conn = match self.inner.reader.try_lock() {
-                Ok(conn) => Some(conn),
-                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            };
-            if let Some(conn) = conn {
-                return read_tail(&conn, stream_id, after_version);
-            }
-        }
-
-        // One blocking task answers every read queued while it runs, under one hold of the
-        // reader, instead of a task and a lock per read.
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut tails = lock(&self.inner.tails);
-            tails.pending.push(TailRead {
-                stream_id: stream_id.to_owned(),
-                after_version,
-                answer,
-            });
-            !std::mem::replace(&mut tails.running, true)
+        // Nothing can have been appended that this process does not know of while it holds the
+        // writer lease (see `sqlite/lease.rs`).
+        let heads = &self.inner.lease.heads;
+        let token = match heads.begin_read(stream_id, after_version) {
+            ReadStart::Unmoved => return Ok(Vec::new()),
+            ReadStart::Send(token) => token,
         };
-        if start {
-            let inner = Arc::clone(&self.inner);
-            tokio::task::spawn_blocking(move || answer_tails(&inner));
-        }
-        answered.await.map_err(|_| {
-            StoreError::Unavailable("the read was dropped before it was answered".into())
-        })?
+        let events = self.send_stream_read(stream_id, after_version).await?;
+        let head = events.last().map_or(after_version, |e| e.version);
+        heads.read_found(token, stream_id, head);
+        Ok(events)
     }
 
     async fn read_all(&self, after_position: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
@@ -707,8 +772,27 @@ impl EventReader for SqliteStore {
 #[async_trait::async_trait]
 impl EventAppender for SqliteStore {
     async fn append(&self, batch: AppendBatch) -> StoreResult<Appended> {
-        self.with_writer(move |conn| append_blocking(conn, batch))
-            .await
+        let inner = Arc::clone(&self.inner);
+        run_blocking(move || {
+            let mut writer = lock(&inner.writer);
+            let lease = &inner.lease;
+            let hold = lease.before_append()?;
+            let stream_id = batch.stream_id.clone();
+            lease.heads.writing(std::iter::once(stream_id.as_str()));
+            let appended = append_blocking(&mut writer, batch);
+            let head = appended.as_ref().map_or(0, |a| a.stream_version);
+            lease.heads.written(
+                std::iter::once((stream_id.as_str(), head)),
+                appended.is_ok(),
+                hold.epoch(),
+            );
+            if let Err(err) = lease.after_append(hold) {
+                // Held on, the shared lock only keeps a holder from taking the lease.
+                tracing::warn!(error = %err, "embedded writer lease's shared lock not let go");
+            }
+            appended
+        })
+        .await
     }
 }
 
