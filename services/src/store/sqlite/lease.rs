@@ -187,16 +187,23 @@ impl FileLease {
     /// Takes, keeps or gives up the lease. Called every [`TICK`] with the writer connection
     /// held.
     pub(super) fn tick(&self, writer: &Connection) -> StoreResult<()> {
-        let data_version: i64 = writer
-            .query_row("PRAGMA data_version", [], |row| row.get(0))
-            .map_err(super::map_err)?;
         let now = Instant::now();
         let mut seen = self.seen();
-        // It changed: another connection (another process's store) committed since.
-        if seen.data_version.is_some_and(|v| v != data_version) {
-            seen.other_at = Some(now);
+        // A change means another connection (another process's store) committed since. When
+        // the version cannot be read, other processes are assumed active: the holder still
+        // looks for wishes, and nobody else takes the lease.
+        match writer.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0)) {
+            Ok(version) => {
+                if seen.data_version.is_some_and(|v| v != version) {
+                    seen.other_at = Some(now);
+                }
+                seen.data_version = Some(version);
+            }
+            Err(err) => {
+                seen.other_at = Some(now);
+                tracing::warn!(error = %err, "cannot tell whether another process appended");
+            }
         }
-        seen.data_version = Some(data_version);
 
         let idle = self.heads.idle();
         if let Some(epoch) = self.heads.held_epoch() {
