@@ -142,6 +142,7 @@ impl FileLease {
         if try_lock(self.lease.try_lock_shared())? {
             return Ok(Hold::Shared);
         }
+        // LIMITATION: the holder finds the wish at its next tick, so this append waits up to TICK, polling on a blocking thread that holds the writer connection, with this process's other appends queued behind it.
         let started = Instant::now();
         // Another process holds the lease: this one does not take it for a while after.
         self.seen().other_at = Some(started);
