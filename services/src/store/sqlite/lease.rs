@@ -146,8 +146,8 @@ impl FileLease {
         let started = Instant::now();
         // Another process holds the lease: this one does not take it for a while after.
         self.seen().other_at = Some(started);
-        // The holder finds the wish at its next tick; its own look at the wish file holds that
-        // lock for an instant, so taking the wish is retried too.
+        // The holder's look at the wish file holds that lock for an instant, so taking the
+        // wish is retried too.
         let mut wishing = false;
         loop {
             if !wishing {
