@@ -74,12 +74,20 @@ fn lease_locked(dir: &Path) -> bool {
     }
 }
 
+/// A store whose lease is stepped by the test, so that nothing happens between two steps.
+async fn stepped(dir: &Path) -> SqliteStore {
+    let mut options = SqliteOptions::default();
+    options.manual_lease_ticks = true;
+    SqliteStore::open_with(dir, options).await.unwrap()
+}
+
 #[tokio::test]
 async fn the_only_appender_answers_a_known_stream_head_from_memory() {
     let dir = TempDataDir::new();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = stepped(dir.path()).await;
     store.append(batch(ACCOUNT, 0, 1)).await.unwrap();
-    until_held(&store).await;
+    store.tick_writer_lease().await.unwrap();
+    assert!(store.holds_writer_lease());
     assert!(lease_locked(dir.path()));
 
     // Read once under the lease: the head is learned from SQLite.
@@ -105,9 +113,91 @@ async fn the_only_appender_answers_a_known_stream_head_from_memory() {
         versions(&store.read_stream(ACCOUNT, 3).await.unwrap()),
         [] as [u64; 0]
     );
+
+    // At its next step the holder sees that another connection committed, and gives the
+    // lease up.
+    store.tick_writer_lease().await.unwrap();
+    assert!(!store.holds_writer_lease());
+    assert!(!lease_locked(dir.path()));
+    assert_eq!(versions(&store.read_stream(ACCOUNT, 3).await.unwrap()), [4]);
+}
+
+#[tokio::test]
+async fn a_lease_file_removed_under_the_holder_stops_its_answers_from_memory() {
+    let dir = TempDataDir::new();
+    let holder = stepped(dir.path()).await;
+    holder.append(batch(ACCOUNT, 0, 1)).await.unwrap();
+    holder.tick_writer_lease().await.unwrap();
     assert_eq!(
-        versions(&store.read_stream(ACCOUNT, 2).await.unwrap()),
-        [3, 4]
+        versions(&holder.read_stream(ACCOUNT, 1).await.unwrap()),
+        [] as [u64; 0]
+    );
+
+    // Removed as if it were a stale lock: a process started afterwards locks a new file, which
+    // the holder's lock does not keep out, so its append does not wait.
+    std::fs::remove_file(dir.path().join(format!("{DATABASE_FILE}-lease"))).unwrap();
+    let other = SqliteStore::open(dir.path()).await.unwrap();
+    let started = Instant::now();
+    other.append(batch(ACCOUNT, 1, 2)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // The holder sees that its file is gone before answering from memory.
+    assert_eq!(
+        versions(&holder.read_stream(ACCOUNT, 1).await.unwrap()),
+        [2]
+    );
+    assert!(!holder.holds_writer_lease());
+    // Its next append locks the file the path names now.
+    holder.append(batch(ACCOUNT, 2, 3)).await.unwrap();
+    assert_eq!(
+        versions(&other.read_stream(ACCOUNT, 0).await.unwrap()),
+        [1, 2, 3]
+    );
+}
+
+#[tokio::test]
+async fn a_wish_file_removed_under_the_holder_is_opened_again() {
+    let dir = TempDataDir::new();
+    let holder = SqliteStore::open(dir.path()).await.unwrap();
+    holder.append(batch(ACCOUNT, 0, 1)).await.unwrap();
+    until_held(&holder).await;
+    assert_eq!(
+        versions(&holder.read_stream(ACCOUNT, 1).await.unwrap()),
+        [] as [u64; 0]
+    );
+
+    std::fs::remove_file(dir.path().join(format!("{DATABASE_FILE}-wish"))).unwrap();
+    let other = SqliteStore::open(dir.path()).await.unwrap();
+    let started = Instant::now();
+    other.append(batch(ACCOUNT, 1, 2)).await.unwrap();
+    // An append that had to wait for a holder that never saw its wish fails after five seconds.
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(!holder.holds_writer_lease());
+    assert_eq!(
+        versions(&holder.read_stream(ACCOUNT, 1).await.unwrap()),
+        [2]
+    );
+}
+
+#[tokio::test]
+async fn a_lease_file_that_cannot_be_opened_fails_an_append_and_names_the_file() {
+    let dir = TempDataDir::new();
+    let path = dir.path().join(format!("{DATABASE_FILE}-lease"));
+    std::fs::create_dir(&path).unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+
+    let refused = store.append(batch(ACCOUNT, 0, 1)).await.unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains(&format!(
+            "cannot open the writer lease's file {}: ",
+            path.display()
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        versions(&store.read_stream(ACCOUNT, 0).await.unwrap()),
+        [] as [u64; 0]
     );
 }
 

@@ -115,12 +115,19 @@ pub struct SqliteOptions {
     /// (`docs/decisions/0012-embedded-writer-lease.md`). A store without it still honours
     /// another store's lease: its appends wait until the holder gives it up.
     pub writer_lease: bool,
+    /// Whether the lease is taken, kept and given up only by
+    /// [`SqliteStore::tick_writer_lease`], for tests that step it themselves.
+    #[doc(hidden)]
+    pub manual_lease_ticks: bool,
 }
 
 impl Default for SqliteOptions {
-    /// The writer lease on.
+    /// The writer lease on, kept by a task of the store's own.
     fn default() -> Self {
-        Self { writer_lease: true }
+        Self {
+            writer_lease: true,
+            manual_lease_ticks: false,
+        }
     }
 }
 
@@ -167,7 +174,7 @@ impl SqliteStore {
     pub async fn open_with(data_dir: &Path, options: SqliteOptions) -> StoreResult<SqliteStore> {
         let data_dir = data_dir.to_path_buf();
         let store = run_blocking(move || Self::open_blocking(&data_dir, options)).await?;
-        if options.writer_lease {
+        if options.writer_lease && !options.manual_lease_ticks {
             tokio::spawn(lease::keep(Arc::downgrade(&store.inner)));
         }
         Ok(store)
@@ -181,7 +188,7 @@ impl SqliteStore {
         migrate(&mut writer)?;
         let reader = connect(&path)?;
         // Every store honours the lease's locks; only one opened with the lease takes it.
-        let lease = lease::FileLease::open(&path, options.writer_lease)?;
+        let lease = lease::FileLease::open(&path, options.writer_lease);
 
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -198,6 +205,14 @@ impl SqliteStore {
     /// knows are answered from memory.
     pub fn holds_writer_lease(&self) -> bool {
         self.inner.lease.heads.is_held()
+    }
+
+    /// One step of the writer lease's keeper (take, keep or give up), for a store opened with
+    /// [`SqliteOptions::manual_lease_ticks`].
+    #[doc(hidden)]
+    pub async fn tick_writer_lease(&self) -> StoreResult<()> {
+        let inner = Arc::clone(&self.inner);
+        run_blocking(move || inner.lease.tick(&lock(&inner.writer))).await
     }
 
     /// The path of the database file.
@@ -735,7 +750,8 @@ impl EventReader for SqliteStore {
         // writer lease (see `sqlite/lease.rs`).
         let heads = &self.inner.lease.heads;
         let token = match heads.begin_read(stream_id, after_version) {
-            ReadStart::Unmoved => return Ok(Vec::new()),
+            ReadStart::Unmoved if self.inner.lease.may_answer() => return Ok(Vec::new()),
+            ReadStart::Unmoved => None,
             ReadStart::Send(token) => token,
         };
         let events = self.send_stream_read(stream_id, after_version).await?;

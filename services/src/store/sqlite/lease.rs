@@ -16,11 +16,16 @@
 //!   the last [`QUIET`], takes the lease when its lock is free and nobody wishes it.
 //!
 //! Every lock of the lease file is taken and dropped while the store's writer connection is held,
-//! so that the holder never gives the lease up in the middle of its own append.
+//! so that the holder never gives the lease up in the middle of its own append. Every lock is
+//! checked to be on the file its path names now, and the holder checks its file is still named
+//! before it answers from memory or appends: a lock file removed or replaced by hand would
+//! otherwise let two processes hold the lease at once.
 //! `docs/decisions/0012-embedded-writer-lease.md` records why and what it costs.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::path::Path;
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -75,15 +80,139 @@ struct Seen {
     epochs: i64,
 }
 
+/// Which file a path names, or an open file is: device and inode.
+type FileId = (u64, u64);
+
+fn id_of(metadata: &std::fs::Metadata) -> FileId {
+    (metadata.dev(), metadata.ino())
+}
+
+/// One of the lease's files. A lock protects only while every process locks the same file, so
+/// each lock taken is checked to be on the file the path names now, and the file is opened
+/// again when the path was removed or replaced.
+#[derive(Debug)]
+struct LockFile {
+    path: PathBuf,
+    open: Mutex<Option<(File, FileId)>>,
+}
+
+impl LockFile {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            open: Mutex::new(None),
+        }
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, Option<(File, FileId)>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed(&self, what: &str, err: std::io::Error) -> StoreError {
+        StoreError::Unavailable(
+            format!(
+                "cannot {what} the writer lease's file {}: {err}",
+                self.path.display()
+            )
+            .into(),
+        )
+    }
+
+    /// Opens the file, creating it if needed; read-only where it cannot be written (a lock
+    /// needs no write access).
+    fn open_file(&self) -> StoreResult<(File, FileId)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)
+            .or_else(|err| match err.kind() {
+                ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+                    File::open(&self.path).map_err(|_| err)
+                }
+                _ => Err(err),
+            })
+            .map_err(|e| self.failed("open", e))?;
+        let id = id_of(&file.metadata().map_err(|e| self.failed("inspect", e))?);
+        Ok((file, id))
+    }
+
+    /// The file the path names now, if any.
+    fn named(&self) -> Option<FileId> {
+        std::fs::metadata(&self.path).ok().map(|m| id_of(&m))
+    }
+
+    /// Tries to lock the file the path names, shared or exclusively: `false` when another holds
+    /// it. A file whose path was removed or replaced is closed (which drops its locks) and the
+    /// path opened again.
+    fn try_lock(&self, shared: bool) -> StoreResult<bool> {
+        let mut open = self.guard();
+        for _ in 0..3 {
+            if open.is_none() {
+                *open = Some(self.open_file()?);
+            }
+            let Some((file, id)) = open.as_ref() else {
+                continue;
+            };
+            let locked = if shared {
+                file.try_lock_shared()
+            } else {
+                file.try_lock()
+            };
+            match locked {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) if self.named() == Some(*id) => return Ok(false),
+                Err(TryLockError::WouldBlock) => {
+                    *open = None;
+                    continue;
+                }
+                Err(TryLockError::Error(e)) => return Err(self.failed("lock", e)),
+            }
+            if self.named() == Some(*id) {
+                return Ok(true);
+            }
+            *open = None;
+        }
+        Err(StoreError::Unavailable(
+            format!(
+                "the writer lease's file {} is being removed or replaced",
+                self.path.display()
+            )
+            .into(),
+        ))
+    }
+
+    fn unlock(&self) -> StoreResult<()> {
+        match self.guard().as_ref() {
+            Some((file, _)) => file.unlock().map_err(|e| self.failed("unlock", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The open file, if it is still the one the path names.
+    fn still_named(&self) -> Option<FileId> {
+        let id = self.guard().as_ref().map(|(_, id)| *id)?;
+        (self.named() == Some(id)).then_some(id)
+    }
+
+    /// Closes the file, dropping its locks, so that the next lock opens the path again.
+    fn close(&self) {
+        *self.guard() = None;
+    }
+}
+
 /// One store's side of the embedded writer lease, shared by its clones.
 #[derive(Debug)]
 pub(super) struct FileLease {
-    lease: File,
-    wish: File,
+    lease: LockFile,
+    wish: LockFile,
     /// Whether this store may take the lease, or only honours it.
     may_take: bool,
     /// What the store knows of stream heads while it holds the lease.
     pub(super) heads: KnownHeads,
+    /// The lease file this store holds locked, while it holds the lease.
+    held_file: Mutex<Option<FileId>>,
     seen: Mutex<Seen>,
 }
 
@@ -107,39 +236,62 @@ impl Hold {
 }
 
 impl FileLease {
-    /// Opens (creating if needed) the lease's files beside `database`, for a store that may
-    /// take the lease or only honours it.
-    pub(super) fn open(database: &Path, may_take: bool) -> StoreResult<Self> {
+    /// The lease's files beside `database`, for a store that may take the lease or only
+    /// honours it. They are opened (and created if needed) when first locked.
+    pub(super) fn open(database: &Path, may_take: bool) -> Self {
         let beside = |suffix: &str| {
             let mut name = database.as_os_str().to_owned();
             name.push(suffix);
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&name)
-                .map_err(|e| StoreError::Unavailable(Box::new(e)))
+            LockFile::new(PathBuf::from(name))
         };
-        Ok(Self {
-            lease: beside("-lease")?,
-            wish: beside("-wish")?,
+        Self {
+            lease: beside("-lease"),
+            wish: beside("-wish"),
             may_take,
             heads: KnownHeads::default(),
+            held_file: Mutex::default(),
             seen: Mutex::default(),
-        })
+        }
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn held_file(&self) -> std::sync::MutexGuard<'_, Option<FileId>> {
+        self.held_file.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a stream head this store knows may be answered from memory now: it holds the
+    /// lease, and the lease file it holds locked is still the one its path names (a file
+    /// removed or replaced under it no longer keeps other processes out).
+    pub(super) fn may_answer(&self) -> bool {
+        let Some(held) = *self.held_file() else {
+            return false;
+        };
+        if self.lease.named() == Some(held) {
+            return true;
+        }
+        // What it knows may be stale from now on; the keeper lets the lock go at its next tick.
+        // LIMITATION: a lease file removed or replaced while the holder's own append is under way lets a process that opens the new file take the lease and read a head that append then moves, until its next tick sees the commit.
+        self.heads.give_up();
+        *self.held_file() = None;
+        tracing::warn!(
+            path = %self.lease.path.display(),
+            "the writer lease's file was removed or replaced: stream heads are read again"
+        );
+        false
+    }
+
     /// Takes what an append needs of the lease. Called with the writer connection held.
     pub(super) fn before_append(&self) -> StoreResult<Hold> {
         if let Some(epoch) = self.heads.held_epoch() {
-            return Ok(Hold::Held(epoch));
+            if self.lease.still_named().is_some() {
+                return Ok(Hold::Held(epoch));
+            }
+            self.give_up(epoch, "its file was removed or replaced")?;
         }
-        if try_lock(self.lease.try_lock_shared())? {
+        if self.lease.try_lock(true)? {
             return Ok(Hold::Shared);
         }
         // LIMITATION: the holder finds the wish at its next tick, so this append waits up to TICK, polling on a blocking thread that holds the writer connection, with this process's other appends queued behind it.
@@ -151,17 +303,17 @@ impl FileLease {
         let mut wishing = false;
         loop {
             if !wishing {
-                wishing = try_lock(self.wish.try_lock_shared())?;
+                wishing = self.wish.try_lock(true)?;
             }
-            if try_lock(self.lease.try_lock_shared())? {
+            if self.lease.try_lock(true)? {
                 if wishing {
-                    unlock(&self.wish)?;
+                    self.wish.unlock()?;
                 }
                 return Ok(Hold::Shared);
             }
             if started.elapsed() > WAIT_AT_MOST {
                 if wishing {
-                    unlock(&self.wish)?;
+                    self.wish.unlock()?;
                 }
                 return Err(StoreError::Unavailable(
                     format!(
@@ -181,7 +333,7 @@ impl FileLease {
     pub(super) fn after_append(&self, hold: Hold) -> StoreResult<()> {
         match hold {
             Hold::Held(_) => Ok(()),
-            Hold::Shared => unlock(&self.lease),
+            Hold::Shared => self.lease.unlock(),
         }
     }
 
@@ -190,20 +342,27 @@ impl FileLease {
     pub(super) fn tick(&self, writer: &Connection) -> StoreResult<()> {
         let now = Instant::now();
         let mut seen = self.seen();
-        // A change means another connection (another process's store) committed since. When
-        // the version cannot be read, other processes are assumed active: the holder still
-        // looks for wishes, and nobody else takes the lease.
-        match writer.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0)) {
+        // A change means another connection (another process's store) committed since. When the
+        // version cannot be read, other processes are assumed active, and nobody takes the
+        // lease.
+        let moved = match writer.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0)) {
             Ok(version) => {
-                if seen.data_version.is_some_and(|v| v != version) {
-                    seen.other_at = Some(now);
-                }
+                let moved = seen.data_version.is_some_and(|v| v != version);
                 seen.data_version = Some(version);
+                moved
             }
             Err(err) => {
-                seen.other_at = Some(now);
                 tracing::warn!(error = %err, "cannot tell whether another process appended");
+                true
             }
+        };
+        if moved {
+            seen.other_at = Some(now);
+        }
+        // A wish file removed or replaced is opened again, so that wishes made on the new one
+        // are seen.
+        if self.wish.still_named().is_none() {
+            self.wish.close();
         }
 
         let idle = self.heads.idle();
@@ -213,6 +372,12 @@ impl FileLease {
             } else if self.wished()? {
                 seen.other_at = Some(now);
                 self.give_up(epoch, "another process appends")?;
+            } else if moved {
+                // Nothing appends while the lease is held but through a lock on another file
+                // (the lease's file was removed or replaced) or by hand.
+                self.give_up(epoch, "another connection committed")?;
+            } else if self.lease.still_named().is_none() {
+                self.give_up(epoch, "its file was removed or replaced")?;
             }
             return Ok(());
         }
@@ -221,14 +386,25 @@ impl FileLease {
         let quiet = seen
             .other_at
             .is_none_or(|at| now.duration_since(at) >= QUIET);
-        if !wanted || !quiet || !try_lock(self.lease.try_lock())? {
+        if !wanted || !quiet {
             return Ok(());
+        }
+        match self.lease.try_lock(false) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(err) => {
+                // A data directory this process cannot write to; its appends fail on the same
+                // file, with the same message.
+                tracing::debug!(error = %err, "embedded writer lease not taken");
+                return Ok(());
+            }
         }
         if self.wished()? {
             seen.other_at = Some(now);
-            return unlock(&self.lease);
+            return self.lease.unlock();
         }
         seen.epochs += 1;
+        *self.held_file() = self.lease.still_named();
         self.heads.took(seen.epochs, None);
         tracing::info!(
             epoch = seen.epochs,
@@ -239,33 +415,25 @@ impl FileLease {
 
     /// Whether another process holds the wish file's lock.
     fn wished(&self) -> StoreResult<bool> {
-        if try_lock(self.wish.try_lock())? {
-            unlock(&self.wish)?;
+        if self.wish.try_lock(false)? {
+            self.wish.unlock()?;
             return Ok(false);
         }
         Ok(true)
     }
 
-    /// Stops answering from memory, then unlocks the lease.
+    /// Stops answering from memory, then unlocks the lease; a lease file no longer named by its
+    /// path is closed, so that the next lock opens the path again.
     fn give_up(&self, epoch: i64, why: &str) -> StoreResult<()> {
         self.heads.give_up();
+        *self.held_file() = None;
         tracing::info!(epoch, why, "embedded writer lease given up");
-        unlock(&self.lease)
+        if self.lease.still_named().is_none() {
+            self.lease.close();
+            return Ok(());
+        }
+        self.lease.unlock()
     }
-}
-
-/// Whether a lock was taken; `false` when another holds it.
-fn try_lock(result: Result<(), TryLockError>) -> StoreResult<bool> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(TryLockError::WouldBlock) => Ok(false),
-        Err(TryLockError::Error(e)) => Err(StoreError::Unavailable(Box::new(e))),
-    }
-}
-
-fn unlock(file: &File) -> StoreResult<()> {
-    file.unlock()
-        .map_err(|e| StoreError::Unavailable(Box::new(e)))
 }
 
 /// Ticks the lease of the store `inner` belongs to until every clone of the store has been
