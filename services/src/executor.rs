@@ -346,6 +346,7 @@ impl Executor {
                     if let Some(first) = self.first_outcome(&execution, &actor_key).await? {
                         return first;
                     }
+                    // LIMITATION: a no-op leaves no record of its request id (records are written with events), so a retry after the account changed is decided afresh and may append.
                     return match decided {
                         Err(refused) => Err(refused.into()),
                         Ok(_) => Ok(Executed {

@@ -1120,6 +1120,47 @@ on_both_backends!(
            a_read_for_an_unreached_position_fails_at_the_callers_deadline_on_postgres
 );
 
+async fn a_permission_check_for_an_unreached_position_fails_at_the_callers_deadline(
+    server: &TestServer,
+) {
+    let owner = server.register("admin@abc.co.tz", "ABC Company").await;
+    let account = owner
+        .create_account("ABC Company", "billing@abc.co.tz")
+        .await;
+    let head = server.log_head().await;
+    let check = |min_position: u64| {
+        let mut request = tonic::Request::new(pb::CheckPermissionRequest {
+            account_id: account.account_id.clone(),
+            user_id: owner.user_id.clone(),
+            permission: pb::Permission::Invoices as i32,
+            min_position,
+        });
+        request.set_timeout(Duration::from_millis(200));
+        request
+    };
+
+    server
+        .rejects(
+            Code::DeadlineExceeded,
+            owner.access().check_permission(check(head + 1_000_000)),
+        )
+        .await;
+    let answer = owner
+        .access()
+        .check_permission(check(head))
+        .await
+        .expect("a reached position is answered")
+        .into_inner();
+    assert!(answer.allowed);
+    assert_eq!(answer.position, head);
+}
+
+on_both_backends!(
+    a_permission_check_for_an_unreached_position_fails_at_the_callers_deadline
+        => a_permission_check_for_an_unreached_position_fails_at_the_callers_deadline_on_sqlite,
+           a_permission_check_for_an_unreached_position_fails_at_the_callers_deadline_on_postgres
+);
+
 async fn a_read_waits_no_longer_than_the_servers_maximum_whatever_the_deadline(
     server: &TestServer,
 ) {

@@ -173,8 +173,9 @@ impl Access {
         })
     }
 
-    /// Decided on the account's current state in the log, so a revocation is effective at once;
-    /// `min_position` is therefore always met.
+    /// Decided on the account's current state in the log, so a revocation is effective at once.
+    /// A `min_position` is waited for as by every read, so that a position the log has not
+    /// reached fails with `DEADLINE_EXCEEDED` instead of being answered.
     async fn check(
         &self,
         request: Request<pb::CheckPermissionRequest>,
@@ -185,6 +186,9 @@ impl Access {
         let account_id = convert::uuid("account_id", &req.account_id)?;
         let user_id = convert::uuid("user_id", &req.user_id)?;
         let permission = convert::permission("permission", req.permission)?;
+        if req.min_position > 0 {
+            app.read(&call, req.min_position, |_| ()).await?;
+        }
         let loaded = app.load_account(account_id).await?;
         let account = &loaded.aggregate;
         let caller_user = call.caller.actor.user_id();
