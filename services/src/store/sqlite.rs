@@ -395,6 +395,7 @@ fn current_schema_version(conn: &Connection) -> StoreResult<u32> {
 /// Applies the migrations the database has not seen yet, all in one write transaction so that
 /// two processes opening the same new database cannot both apply a step.
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    // LIMITATION: the check runs in a write transaction even when the schema is up to date, so a log in a directory or file this process cannot write cannot be opened, not even to be read.
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_err)?;
