@@ -430,6 +430,8 @@ impl onbehalf_projections::InvitationLinks for NoLinks {
 /// Runs `onbehalf scheduler` until interrupted.
 pub async fn run_cli(args: SchedulerArgs) -> std::result::Result<(), String> {
     let clock = crate::clock::from_file(args.clock_file.as_deref())?;
+    crate::cli::require_log(&args.data_dir, args.database_url.as_deref())
+        .map_err(|e| e.to_string())?;
     let mut server = crate::server::ServerConfig::new(args.data_dir);
     server.database_url = args.database_url;
     let store = crate::server::open_store(&server)

@@ -195,3 +195,26 @@ async fn scheduler_processes_on_a_clock_file_issue_the_renewal_once_however_many
         vec![("system".to_owned(), "2026-03-03".to_owned())]
     );
 }
+
+#[test]
+fn a_scheduler_on_a_directory_without_a_log_refuses_and_creates_nothing() {
+    let dir = TempDataDir::new();
+    let missing = dir.path().join("onbehalf-dta");
+    let output = Command::new(BIN)
+        .arg("scheduler")
+        .arg("--data-dir")
+        .arg(&missing)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the scheduler runs");
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "no log at {}; give the server's --data-dir, or --database-url",
+        missing.join("events.db").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!missing.exists());
+}

@@ -1,7 +1,7 @@
 //! Building blocks shared by the command-line subcommands: reaching a server with a token, and
 //! opening the log directly for offline debugging.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
@@ -125,16 +125,23 @@ impl StoreArgs {
     /// Opens an existing log (running migrations, as the server does); a data directory that
     /// holds no log is an error, so that a mistyped path creates nothing.
     pub async fn open(&self) -> Result<Arc<dyn EventStore>> {
-        let file = self.data_dir.join(crate::store::sqlite::DATABASE_FILE);
-        if self.database_url.is_none() && !file.is_file() {
-            return Err(Error::FailedPrecondition(format!(
-                "no log at {}; give the server's --data-dir, or --database-url",
-                file.display()
-            )));
-        }
+        require_log(&self.data_dir, self.database_url.as_deref())?;
         Ok(match &self.database_url {
             Some(url) => Arc::new(PostgresStore::connect(url).await?),
             None => Arc::new(SqliteStore::open(&self.data_dir).await?),
         })
     }
+}
+
+/// Fails unless a log is there to open: the PostgreSQL URL given, or an embedded log in
+/// `data_dir`, so that a process beside the server on a mistyped path creates nothing.
+pub fn require_log(data_dir: &Path, database_url: Option<&str>) -> Result<()> {
+    let file = data_dir.join(crate::store::sqlite::DATABASE_FILE);
+    if database_url.is_none() && !file.is_file() {
+        return Err(Error::FailedPrecondition(format!(
+            "no log at {}; give the server's --data-dir, or --database-url",
+            file.display()
+        )));
+    }
+    Ok(())
 }
