@@ -195,11 +195,6 @@ impl LockFile {
         let id = self.guard().as_ref().map(|(_, id)| *id)?;
         (self.named() == Some(id)).then_some(id)
     }
-
-    /// Closes the file, dropping its locks, so that the next lock opens the path again.
-    fn close(&self) {
-        *self.guard() = None;
-    }
 }
 
 /// One store's side of the embedded writer lease, shared by its clones.
@@ -359,12 +354,6 @@ impl FileLease {
         if moved {
             seen.other_at = Some(now);
         }
-        // A wish file removed or replaced is opened again, so that wishes made on the new one
-        // are seen.
-        if self.wish.still_named().is_none() {
-            self.wish.close();
-        }
-
         let idle = self.heads.idle();
         if let Some(epoch) = self.heads.held_epoch() {
             if idle.is_none_or(|idle| idle > GIVE_UP_AFTER) {
@@ -422,16 +411,12 @@ impl FileLease {
         Ok(true)
     }
 
-    /// Stops answering from memory, then unlocks the lease; a lease file no longer named by its
-    /// path is closed, so that the next lock opens the path again.
+    /// Stops answering from memory, then unlocks the lease. A lease file no longer named by its
+    /// path is opened again by the next lock, as every lock checks.
     fn give_up(&self, epoch: i64, why: &str) -> StoreResult<()> {
         self.heads.give_up();
         *self.held_file() = None;
         tracing::info!(epoch, why, "embedded writer lease given up");
-        if self.lease.still_named().is_none() {
-            self.lease.close();
-            return Ok(());
-        }
         self.lease.unlock()
     }
 }
